@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 MEMBER_PARTITIONS = 6
 
 SERVICES = ("attribution", "referrals", "care-gaps", "notifications")
+#: Services that exist only in the test suite (the plumbing tests' echo service).
+TEST_SERVICES = ("echo",)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def topic_name(base: str, prefix: str = "") -> str:
 def all_topic_specs(prefix: str = "") -> list[TopicSpec]:
     """Every topic the system uses, including one DLQ per service, under ``prefix``."""
     specs = [TopicSpec(topic_name(t.name, prefix), t.partitions, dict(t.configs), t.key) for t in _BASE]
-    specs += [TopicSpec(topic_name(dlq_topic(s), prefix), MEMBER_PARTITIONS, key="original key") for s in SERVICES]
+    specs += [TopicSpec(topic_name(dlq_topic(s), prefix), MEMBER_PARTITIONS, key="original key") for s in (*SERVICES, *TEST_SERVICES)]
     return specs
 
 

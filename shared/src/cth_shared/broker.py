@@ -1,0 +1,54 @@
+"""The one broker factory: a FastStream KafkaBroker with OpenTelemetry middleware."""
+
+from __future__ import annotations
+
+import ssl
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from opentelemetry.sdk.trace import TracerProvider
+
+from .settings import StackSettings
+
+
+def _security(settings: StackSettings) -> BaseSecurity | None:
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile)) if "SSL" in protocol else None
+    use_ssl = protocol.endswith("SSL")
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    username = settings.kafka_sasl_username or ""
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    sasl = {"SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}.get(
+        settings.kafka_sasl_mechanism or "PLAIN", SASLPlaintext
+    )
+    return sasl(username=username, password=password, ssl_context=context, use_ssl=use_ssl)
+
+
+def make_broker(
+    settings: StackSettings,
+    *,
+    client_id: str,
+    tracer_provider: TracerProvider | None = None,
+) -> KafkaBroker:
+    """Build the Kafka broker every process uses (services, relay, producer toolkit).
+
+    Producers wait for all in-sync replicas (``acks="all"``); idempotent producers are
+    off because the embedded broker (Tansu) rejects them (DESIGN.md section 6): the
+    inbox makes redelivery harmless instead.
+    """
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=15_000,
+        security=_security(settings),
+        middlewares=[KafkaTelemetryMiddleware(tracer_provider=tracer_provider)],
+        logger=None,
+    )

@@ -1,0 +1,235 @@
+"""Batch consumption through the inbox: one Postgres transaction per fetched batch.
+
+For each batch FastStream hands us (raw records, offsets not yet committed):
+
+1. every record is validated against the contracts; an invalid one becomes a
+   dead letter (DLQ topic via the outbox + ``dead_letters`` row) with its reason;
+2. in ONE transaction: the batch's event ids are inserted into the inbox (already
+   seen ids are skipped: redelivery is harmless), each new event runs its handler
+   inside a savepoint (a handler that rejects the event, or fails on it, dead-letters
+   that event alone), and produced events are written to the outbox;
+3. the transaction commits, then FastStream commits the offsets (``AckPolicy.ACK``).
+
+Transient failures (database or network down) retry the whole batch with
+exponential backoff, holding the partition rather than skipping it: nothing is
+lost and nothing is applied twice. Invalid input never blocks a partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import Link, SpanKind
+from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponential_jitter
+
+from ..contracts import CloudEvent, ContractError, dlq_topic, parse_event, topic_name
+from .outbox import UnitOfWork
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("cth_shared.consumer")
+
+Handler = Callable[[UnitOfWork, CloudEvent[Any]], Awaitable[None]]
+
+
+class Rejected(Exception):
+    """Raised by a handler when a valid-looking event cannot be applied (e.g. unknown code).
+
+    The event goes to the service's DLQ with ``reason``; the batch goes on.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.AdminShutdownError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a retry can cure (connectivity, serialization, shutdown)."""
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which handler serves which event type."""
+
+    handlers: Mapping[str, Handler]
+
+
+class BatchProcessor:
+    """Applies batches of raw records to a service's schema exactly once."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        pool: asyncpg.Pool,
+        handlers: Mapping[str, Handler],
+        tenant: str,
+        topic_prefix: str = "",
+        max_event_bytes: int = 1_048_576,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.service = service
+        self._pool = pool
+        self._handlers = dict(handlers)
+        self._tenant = tenant
+        self._prefix = topic_prefix
+        self._max_event_bytes = max_event_bytes
+        self._after_commit = after_commit
+        self._dlq_topic = topic_name(dlq_topic(service), topic_prefix)
+        meter = metrics.get_meter("cth_shared.consumer")
+        self._events = meter.create_counter("events.consumed", unit="{event}")
+        self._dead = meter.create_counter("events.dead_lettered", unit="{event}")
+        self._latency = meter.create_histogram("handler.batch.duration", unit="ms")
+        self.last_batch_at: float | None = None
+
+    async def process(self, records: Sequence[ConsumerRecord]) -> None:
+        """Apply one fetched batch; returns only when it is committed."""
+        if not records:
+            return
+        parsed: list[tuple[ConsumerRecord, CloudEvent[Any] | ContractError]] = []
+        for record in records:
+            try:
+                value = record.value if record.value is not None else b""
+                parsed.append((record, parse_event(value, max_bytes=self._max_event_bytes)))
+            except ContractError as exc:
+                parsed.append((record, exc))
+        started = time.perf_counter()
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential_jitter(initial=0.1, max=10),
+            stop=stop_never,
+            reraise=True,
+        ):
+            with attempt:
+                await self._apply(parsed)
+        self._latency.record((time.perf_counter() - started) * 1000, {"service": self.service})
+        self.last_batch_at = time.time()
+        if self._after_commit:
+            self._after_commit()
+
+    async def _apply(self, parsed: list[tuple[ConsumerRecord, CloudEvent[Any] | ContractError]]) -> None:
+        batch_span = trace.get_current_span()
+        async with self._pool.acquire() as conn, conn.transaction():
+            keys = [
+                item.id if isinstance(item, CloudEvent) else f"dlq:{rec.topic}:{rec.partition}:{rec.offset}"
+                for rec, item in parsed
+            ]
+            fresh = set(await conn.fetchval(
+                "WITH ins AS (INSERT INTO inbox(event_id, topic) SELECT * FROM unnest($1::text[], $2::text[])"
+                " ON CONFLICT DO NOTHING RETURNING event_id) SELECT coalesce(array_agg(event_id), '{}') FROM ins",
+                keys, [rec.topic for rec, _ in parsed],
+            ))
+            uow = UnitOfWork(conn=conn, source=f"urn:cth:{self.service}", tenant=self._tenant, topic_prefix=self._prefix)
+            consumed = 0
+            for (record, item), key in zip(parsed, keys, strict=True):
+                if key not in fresh:
+                    continue  # seen before (redelivery or duplicate): already applied
+                fresh.discard(key)  # a duplicate id inside one batch applies once
+                if isinstance(item, ContractError):
+                    await self._dead_letter(uow, record, item.reason, item.detail)
+                    continue
+                consumed += 1
+                await self._handle(uow, record, item, batch_span)
+            await uow.flush()
+        self._events.add(consumed, {"service": self.service})
+
+    async def _handle(self, uow: UnitOfWork, record: ConsumerRecord, event: CloudEvent[Any], batch_span: Any) -> None:
+        handler = self._handlers.get(event.type)
+        if handler is None:
+            return  # a valid event this service does not use (e.g. other types on a shared topic)
+        parent = propagate.extract({k: v.decode("latin-1") for k, v in (record.headers or ())})
+        links = [Link(batch_span.get_span_context())] if batch_span.get_span_context().is_valid else []
+        with _tracer.start_as_current_span(
+            f"{self.service} handle {event.type}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={"cth.event_id": event.id, "cth.event_type": event.type, "cth.member_id": event.subject},
+        ) as span:
+            uow.cause = event
+            queued = len(uow.rows)
+            try:
+                async with uow.conn.transaction():  # savepoint: a failing event rolls back alone
+                    await handler(uow, event)
+            except Rejected as exc:
+                del uow.rows[queued:]
+                span.set_attribute("cth.rejected", exc.reason)
+                await self._dead_letter(uow, record, exc.reason, exc.detail)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                # A bug or an unforeseen input: park this event, keep the partition moving.
+                del uow.rows[queued:]
+                span.record_exception(exc)
+                _log.exception("handler failed; event dead-lettered",
+                               extra={"service": self.service, "event_id": event.id, "event_type": event.type})
+                await self._dead_letter(uow, record, "handler_error", type(exc).__name__)
+            finally:
+                uow.cause = None
+
+    async def _dead_letter(self, uow: UnitOfWork, record: ConsumerRecord, reason: str, detail: str) -> None:
+        original = record.value if record.value is not None else b""
+        self._dead.add(1, {"service": self.service, "reason": reason})
+        _log.warning("event dead-lettered",
+                     extra={"service": self.service, "topic": record.topic, "reason": reason})
+        await uow.conn.execute(
+            'INSERT INTO dead_letters(source_topic, partition, "offset", key, reason, detail, original)'
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            record.topic, record.partition, record.offset, record.key, reason, detail, original,
+        )
+        # The DLQ record carries the original bytes up to 512 KiB (Kafka's default limits);
+        # beyond that the dead_letters row holds them, and the record says so.
+        keep = len(original) <= 512 * 1024
+        payload = json.dumps({
+            "service": self.service,
+            "reason": reason,
+            "detail": detail,
+            "source_topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "original_size": len(original),
+            "original_base64": base64.b64encode(original).decode() if keep else None,
+            "original_truncated": not keep,
+        }).encode()
+        headers = {"dlq_reason": reason, "dlq_service": self.service}
+        uow.publish_raw(self._dlq_topic, record.key, payload, headers)
+
+
+def decode_raw_batch(message: Any) -> Any:
+    """FastStream decoder that hands the handler the raw ConsumerRecords (no JSON decode)."""
+    raw = message.raw_message
+    return list(raw) if isinstance(raw, tuple) else [raw]
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass (test and demo helper)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(interval)
+    return await predicate()

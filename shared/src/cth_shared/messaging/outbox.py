@@ -1,0 +1,220 @@
+"""Unit of work (effects + outbox in one transaction) and the outbox relay.
+
+A handler receives a :class:`UnitOfWork`: ``uow.conn`` is the connection whose
+transaction also records the consumed event id (inbox) and the events the handler
+produces (``uow.publish``). Nothing reaches Kafka until the transaction commits; the
+:class:`OutboxRelay` then publishes rows in ``seq`` order with the trace context that
+was current when the handler produced them (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from faststream.kafka import KafkaBroker
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+
+from ..contracts import CloudEvent, EventData, new_event, topic_name, type_of
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("cth_shared.outbox")
+
+
+@dataclass
+class OutboxRow:
+    topic: str
+    key: bytes | None
+    payload: bytes
+    headers: dict[str, str]
+
+
+@dataclass
+class UnitOfWork:
+    """One transaction's worth of effects and produced events.
+
+    ``cause`` is the event being handled (None for timers and API calls); produced
+    events inherit its tenant and correlation id and name it as their causation.
+    """
+
+    conn: asyncpg.Connection
+    source: str
+    tenant: str
+    topic_prefix: str = ""
+    cause: CloudEvent[Any] | None = None
+    rows: list[OutboxRow] = field(default_factory=list)
+
+    def publish(
+        self,
+        data: EventData,
+        *,
+        subject: str,
+        time: datetime,
+        event_id: str | None = None,
+    ) -> CloudEvent[Any]:
+        """Queue ``data`` as a new event on its catalog topic; sent after commit."""
+        event = new_event(
+            data,
+            subject=subject,
+            source=self.source,
+            tenant=self.cause.tenant if self.cause else self.tenant,
+            time=time,
+            event_id=event_id,
+            correlation_id=(self.cause.correlationid or self.cause.id) if self.cause else None,
+            causation_id=self.cause.id if self.cause else None,
+        )
+        headers: dict[str, str] = {"ce_type": event.type, "ce_id": event.id}
+        propagate.inject(headers)  # traceparent of the span producing it
+        self.rows.append(OutboxRow(
+            topic=topic_name(type_of(type(data)).topic, self.topic_prefix),
+            key=subject.encode(),
+            payload=event.to_json_bytes(),
+            headers=headers,
+        ))
+        return event
+
+    def publish_raw(self, topic: str, key: bytes | None, payload: bytes, headers: dict[str, str]) -> None:
+        """Queue an already-serialised record (DLQ records)."""
+        self.rows.append(OutboxRow(topic=topic, key=key, payload=payload, headers=headers))
+
+    async def flush(self) -> int:
+        """Write queued rows to the outbox table (inside the caller's transaction)."""
+        if not self.rows:
+            return 0
+        await self.conn.execute(
+            "INSERT INTO outbox(topic, key, payload, headers)"
+            " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])",
+            [r.topic for r in self.rows],
+            [r.key for r in self.rows],
+            [r.payload for r in self.rows],
+            [json.dumps(r.headers) for r in self.rows],
+        )
+        count = len(self.rows)
+        self.rows.clear()
+        return count
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to Kafka in order, then deletes them.
+
+    One relay per service schema publishes at a time (a transaction-scoped advisory
+    lock), so per-key order holds even with several instances; rows are claimed with
+    ``FOR UPDATE SKIP LOCKED``. A batch is sent pipelined and awaited together; on
+    any send failure the transaction rolls back and the batch is retried: delivery is
+    at least once, and consumers' inboxes make it effectively once.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        broker: KafkaBroker,
+        *,
+        schema: str,
+        batch_size: int = 500,
+        poll_interval_s: float = 0.2,
+        on_published: Callable[[int], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._broker = broker
+        self._schema = schema
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._on_published = on_published
+        self._lock_key = int.from_bytes(f"relay:{schema}".encode()[:8].ljust(8, b"\0"), "big", signed=True)
+        meter = metrics.get_meter("cth_shared.outbox")
+        self._published_counter = meter.create_counter("outbox.published", unit="{event}")
+        self._backlog = 0
+        meter.create_observable_gauge(
+            "outbox.backlog", callbacks=[lambda _options: [metrics.Observation(self._backlog)]], unit="{event}"
+        )
+
+    def wake(self) -> None:
+        """Called after a local commit so the relay publishes without waiting for the poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until :meth:`stop`; transient errors back off and retry."""
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                sent = await self.relay_once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _log.warning("outbox relay failed; retrying", extra={"reason": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if sent == self._batch_size:
+                continue  # more is waiting
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
+            except TimeoutError:
+                pass
+        # Final drain on graceful shutdown: what committed gets published.
+        try:
+            while await self.relay_once() == self._batch_size:
+                pass
+        except Exception as exc:
+            _log.warning("outbox drain on shutdown failed", extra={"reason": type(exc).__name__})
+
+    async def relay_once(self) -> int:
+        """Publish one batch; return how many rows were sent."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_key):
+                return 0
+            rows = await conn.fetch(
+                "SELECT seq, topic, key, payload, headers FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch_size,
+            )
+            if not rows:
+                self._backlog = 0
+                return 0
+            futures = []
+            with _tracer.start_as_current_span("outbox.relay batch", attributes={"messaging.batch.message_count": len(rows)}):
+                for row in rows:
+                    headers = json.loads(row["headers"])
+                    parent = propagate.extract(headers)
+                    token = otel_context.attach(parent)
+                    try:
+                        # The telemetry middleware opens the publish span as a child of the
+                        # producing handler's span and injects its own traceparent.
+                        headers.pop("traceparent", None)
+                        headers.pop("tracestate", None)
+                        futures.append(await self._broker.publish(
+                            row["payload"], topic=row["topic"], key=row["key"], headers=headers, no_confirm=True,
+                        ))
+                    finally:
+                        otel_context.detach(token)
+                await asyncio.gather(*futures)
+            last = rows[-1]["seq"]
+            await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows])
+            per_topic: dict[str, int] = {}
+            for row in rows:
+                per_topic[row["topic"]] = per_topic.get(row["topic"], 0) + 1
+            await conn.execute(
+                "INSERT INTO outbox_published(topic, published, last_seq) SELECT t, n, $3 FROM unnest($1::text[], $2::bigint[]) AS x(t, n)"
+                " ON CONFLICT (topic) DO UPDATE SET published = outbox_published.published + excluded.published,"
+                " last_seq = excluded.last_seq, updated_at = now()",
+                list(per_topic), list(per_topic.values()), last,
+            )
+            self._backlog = await conn.fetchval("SELECT count(*) FROM outbox") - len(rows)
+        self._published_counter.add(len(rows))
+        if self._on_published:
+            self._on_published(len(rows))
+        return len(rows)

@@ -1,0 +1,183 @@
+"""Running a service: the parts a composition root wires together.
+
+A service's ``main.py`` builds a :class:`ServiceDefinition` (its name, schema, the
+topics and handlers it consumes, its HTTP API and background jobs) and calls
+:func:`run_service`. This module turns that into: settings -> telemetry -> pool
+(+ migrations) -> broker (batch subscriber through the inbox) -> outbox relay ->
+HTTP API -> graceful shutdown on SIGTERM/SIGINT (finish the in-flight batch,
+commit, drain the outbox, stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import uvicorn
+from aiokafka import ConsumerRecord
+from fastapi import FastAPI
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+
+from .broker import make_broker
+from .contracts import all_topic_specs, topic_name
+from .db import create_pool, run_migrations
+from .messaging.consumer import BatchProcessor, Handler, decode_raw_batch
+from .messaging.outbox import OutboxRelay, UnitOfWork
+from .settings import ServiceSettings
+from .telemetry import Telemetry, setup_logging, setup_telemetry
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    """What handlers' collaborators, APIs and jobs may use once the service is up."""
+
+    name: str
+    schema: str
+    settings: ServiceSettings
+    pool: asyncpg.Pool
+    broker: KafkaBroker
+    relay: OutboxRelay
+    processor: BatchProcessor
+    telemetry: Telemetry
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """A transaction for work not caused by a consumed event (timers, API commands)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            uow = UnitOfWork(conn=conn, source=f"urn:cth:{self.name}", tenant=self.settings.tenant,
+                             topic_prefix=self.settings.topic_prefix)
+            yield uow
+            await uow.flush()
+        self.relay.wake()
+
+
+ApiFactory = Callable[[ServiceContext], FastAPI]
+BackgroundJob = Callable[[ServiceContext], Awaitable[None]]
+
+
+@dataclass
+class ServiceDefinition:
+    """Everything that makes one service what it is."""
+
+    name: str  # e.g. "care-gaps": consumer group, DLQ topic, telemetry service name
+    schema: str  # e.g. "care_gaps": its own Postgres schema
+    migrations_package: str  # package holding migrations/NNNN_*.sql
+    topics: Sequence[str]  # catalog topic names it consumes (unprefixed)
+    handlers: Mapping[str, Handler] | Callable[[ServiceContext], Mapping[str, Handler]]
+    api: ApiFactory | None = None
+    background: Sequence[BackgroundJob] = ()
+    on_start: Callable[[ServiceContext], Awaitable[None]] | None = None
+
+
+def _health_routes(app: FastAPI, ctx: ServiceContext, ready: asyncio.Event) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, Any]:
+        from fastapi import HTTPException
+
+        if not ready.is_set():
+            raise HTTPException(status_code=503, detail="starting")
+        return {"service": ctx.name, "status": "ok"}
+
+
+async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> None:
+    """Run the service until SIGTERM/SIGINT; returns after a clean shutdown."""
+    setup_logging(definition.name, settings.log_level)
+    telemetry = setup_telemetry(definition.name, settings)
+    pool = await create_pool(
+        settings.database_url.get_secret_value(), schema=definition.schema, application_name=definition.name,
+        min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size,
+    )
+    applied = await run_migrations(pool, definition.schema, definition.migrations_package)
+    _log.info("migrations done", extra={"service": definition.name, "reason": f"{len(applied)} applied"})
+
+    broker = make_broker(settings, client_id=definition.name, tracer_provider=telemetry.tracer_provider)
+    relay = OutboxRelay(pool, broker, schema=definition.schema, batch_size=settings.relay_batch_size,
+                        poll_interval_s=settings.relay_poll_interval_ms / 1000)
+    processor = BatchProcessor(service=definition.name, pool=pool, handlers={}, tenant=settings.tenant,
+                               topic_prefix=settings.topic_prefix, max_event_bytes=settings.max_event_bytes,
+                               after_commit=relay.wake)
+    ctx = ServiceContext(name=definition.name, schema=definition.schema, settings=settings, pool=pool,
+                         broker=broker, relay=relay, processor=processor, telemetry=telemetry)
+    handlers = definition.handlers(ctx) if callable(definition.handlers) else definition.handlers
+    processor._handlers = dict(handlers)
+
+    known = {spec.name for spec in all_topic_specs(settings.topic_prefix)}
+    topics = [topic_name(t, settings.topic_prefix) for t in definition.topics]
+    missing = [t for t in topics if t not in known]
+    if missing:
+        raise ValueError(f"{definition.name} subscribes to topics outside the catalog: {missing}")
+
+    @broker.subscriber(
+        *topics,
+        group_id=definition.name,
+        batch=True,
+        max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.ACK,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        decoder=decode_raw_batch,
+    )
+    async def on_batch(records: list[ConsumerRecord]) -> None:
+        await processor.process(records)
+
+    ready = asyncio.Event()
+    app = definition.api(ctx) if definition.api else FastAPI(title=definition.name)
+    _health_routes(app, ctx, ready)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.http_host, settings.http_port))
+    ctx.extras["http_port"] = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    http_task = asyncio.create_task(server.serve(sockets=[sock]), name=f"{definition.name}-http")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    if definition.on_start:
+        await definition.on_start(ctx)
+    await broker.start()
+    relay_task = asyncio.create_task(relay.run(), name=f"{definition.name}-relay")
+    jobs = [asyncio.create_task(job(ctx), name=f"{definition.name}-job") for job in definition.background]
+    ready.set()
+    _log.info("service ready", extra={"service": definition.name, "reason": f"http {ctx.extras['http_port']}"})
+
+    try:
+        await stop.wait()
+    finally:
+        _log.info("shutting down", extra={"service": definition.name})
+        ready.clear()
+        # Stopping the broker waits for the in-flight batch handler; its offsets commit after.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broker.stop(), timeout=settings.shutdown_grace_s)
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        relay.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(relay_task, timeout=settings.shutdown_grace_s)
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(http_task, timeout=5)
+        await pool.close()
+        telemetry.shutdown()
+        _log.info("stopped", extra={"service": definition.name})
+
+
+def run_service(definition: ServiceDefinition, settings: ServiceSettings) -> None:
+    """Blocking entry point for a service's ``main()``."""
+    asyncio.run(serve(definition, settings))
