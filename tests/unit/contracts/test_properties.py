@@ -1,0 +1,191 @@
+"""Property tests: whatever arrives on a topic, ``parse_event`` returns an event or raises
+ContractError, never any other exception."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from cth_shared.contracts import CloudEvent, ContractError, parse_event, registered_types
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ._support import envelope, example, wire
+
+BOUNDED = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TYPES = sorted(registered_types())
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats()
+    | st.text(max_size=30)
+    | st.sampled_from(["", "1234567893", "2026-03-01", "2026-03-01T12:00:00", "99213", "06"])
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=25,
+)
+finite_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**12), max_value=10**12)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+)
+finite_json_values = st.recursive(
+    finite_scalars,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=15,
+)
+
+
+def outcome(raw: bytes | str) -> CloudEvent[Any] | None:
+    """Parse ``raw``; None when it was rejected with ContractError. Anything else propagates."""
+    try:
+        event = parse_event(raw)
+    except ContractError as error:
+        assert error.reason in {
+            "oversize", "invalid_json", "not_an_object", "unknown_type",
+            "unsupported_version", "invalid_event",
+        }
+        assert isinstance(error.detail, str)
+        return None
+    assert event.type in registered_types()
+    assert isinstance(event.data, registered_types()[event.type].model)
+    return event
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every path into a JSON document (dict keys and list indices), excluding the root."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield (*prefix, key)
+            yield from paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield (*prefix, index)
+            yield from paths(child, (*prefix, index))
+
+
+def swapped_type(value: Any) -> Any:
+    """The same information in a different JSON type."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return {str(index): item for index, item in enumerate(value)}
+    if isinstance(value, dict):
+        return list(value.values())
+    return 0
+
+
+@st.composite
+def mutated_documents(draw: st.DrawFn, values: st.SearchStrategy[Any] = json_values) -> Any:
+    """A valid envelope around an example, then one to three random mutations."""
+    name = draw(st.sampled_from(TYPES))
+    document: Any = envelope(name, example(name))
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        if not isinstance(document, dict | list) or not (candidates := list(paths(document))):
+            break
+        path = draw(st.sampled_from(candidates))
+        parent = document
+        for step in path[:-1]:
+            parent = parent[step]
+        key = path[-1]
+        operation = draw(st.sampled_from(["delete", "replace", "swap_type", "add_field"]))
+        if operation == "delete":
+            del parent[key]
+        elif operation == "replace":
+            parent[key] = draw(values)
+        elif operation == "swap_type":
+            parent[key] = swapped_type(parent[key])
+        elif isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=12))] = draw(values)
+        else:
+            parent.append(draw(values))
+    return document
+
+
+@BOUNDED
+@given(st.binary(max_size=4096))
+def test_arbitrary_bytes_are_parsed_or_rejected_with_a_contract_error(raw: bytes) -> None:
+    outcome(raw)
+
+
+@BOUNDED
+@given(st.text(max_size=2048))
+def test_arbitrary_text_is_parsed_or_rejected_with_a_contract_error(raw: str) -> None:
+    outcome(raw)
+
+
+@BOUNDED
+@given(json_values)
+def test_arbitrary_json_values_are_parsed_or_rejected_with_a_contract_error(value: Any) -> None:
+    outcome(json.dumps(value))
+
+
+@BOUNDED
+@given(st.sampled_from(TYPES), json_values)
+def test_arbitrary_data_in_a_valid_envelope_is_parsed_or_rejected_with_a_contract_error(
+    name: str, data: Any
+) -> None:
+    outcome(wire(envelope(name, data)))
+
+
+@BOUNDED
+@given(st.sampled_from(TYPES), st.dictionaries(st.text(max_size=16), json_values, max_size=8))
+def test_a_valid_envelope_with_random_attributes_added_is_parsed_or_rejected_cleanly(
+    name: str, extra: dict[str, Any]
+) -> None:
+    document = envelope(name, example(name))
+    document.update(extra)
+    outcome(wire(document))
+
+
+@BOUNDED
+@given(mutated_documents())
+def test_mutated_valid_examples_are_parsed_or_rejected_with_a_contract_error(
+    document: Any,
+) -> None:
+    outcome(wire(document))
+
+
+@BOUNDED
+@given(mutated_documents(), st.integers(min_value=0, max_value=10_000), st.binary(max_size=8))
+def test_truncated_or_corrupted_wire_bytes_are_parsed_or_rejected_with_a_contract_error(
+    document: Any, cut: int, noise: bytes
+) -> None:
+    raw = wire(document)
+    outcome(raw[: cut % (len(raw) + 1)] + noise)
+
+
+@BOUNDED
+@given(st.sampled_from(TYPES), st.integers(min_value=-3, max_value=5) | st.text(max_size=6))
+def test_any_dataschema_version_is_parsed_or_rejected_with_a_contract_error(
+    name: str, version: Any
+) -> None:
+    document = envelope(name, example(name))
+    document["dataschema"] = f"urn:cth:event:{name}:v{version}"
+    outcome(wire(document))
+
+
+@BOUNDED
+@given(mutated_documents(finite_json_values))
+def test_an_accepted_mutation_of_finite_values_round_trips_through_its_wire_form(
+    document: Any,
+) -> None:
+    event = outcome(wire(document))
+    if event is not None:
+        assert parse_event(event.to_json_bytes()) == event
