@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from cth_shared.contracts import EXAMPLES, EncounterAdmitted, new_event
 from cth_shared.embedded import free_port
 from cth_shared.testing.infra import ServiceProcess
@@ -34,8 +33,11 @@ def admission(member_id: str, facility_name: str = "St. Example General Hospital
 
 async def read_topics(env: Any, topics: list[str], count: int, timeout: float = 30) -> list[Any]:
     consumer = AIOKafkaConsumer(
-        *(env.topic(t) for t in topics), bootstrap_servers=env.kafka_bootstrap_servers,
-        group_id=f"reader-{time.monotonic_ns()}", auto_offset_reset="earliest", **env.consumer_overrides(),
+        *(env.topic(t) for t in topics),
+        bootstrap_servers=env.kafka_bootstrap_servers,
+        group_id=f"reader-{time.monotonic_ns()}",
+        auto_offset_reset="earliest",
+        **env.consumer_overrides(),
     )
     await consumer.start()
     records: list[Any] = []
@@ -64,21 +66,29 @@ async def echo(isolated: Any, tmp_path: Path) -> Any:
     assert service.terminate(timeout=20) == 0, service.log_tail()
 
 
-async def test_event_delivered_twice_is_applied_once_and_its_outbox_row_carries_the_trace(isolated: Any, echo: Any) -> None:
+async def test_event_delivered_twice_is_applied_once_and_its_outbox_row_carries_the_trace(
+    isolated: Any, echo: Any
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=isolated.kafka_bootstrap_servers)
     await producer.start()
     try:
         payload = admission("M-1")
         for _ in range(2):  # the same event id twice: a redelivery
-            await producer.send_and_wait(isolated.topic("encounters"), payload, key=b"M-1",
-                                         headers=[("traceparent", PRODUCER_TRACEPARENT.encode())])
+            await producer.send_and_wait(
+                isolated.topic("encounters"),
+                payload,
+                key=b"M-1",
+                headers=[("traceparent", PRODUCER_TRACEPARENT.encode())],
+            )
     finally:
         await producer.stop()
 
     produced = await read_topics(isolated, ["notifications"], 1)
     assert len(produced) == 1
     headers = {k: v.decode() for k, v in produced[0].headers}
-    assert headers["traceparent"].split("-")[1] == PRODUCER_TRACEPARENT.split("-")[1], "trace id must survive the outbox"
+    assert headers["traceparent"].split("-")[1] == PRODUCER_TRACEPARENT.split("-")[1], (
+        "trace id must survive the outbox"
+    )
     assert json.loads(produced[0].value)["type"] == "notification.created"
 
     await asyncio.sleep(1.0)  # time for a wrong second application to show up

@@ -36,7 +36,10 @@ async def issue_token(
     token = "cth_" + secrets.token_urlsafe(32)
     await conn.execute(
         "INSERT INTO api_tokens(token_sha256, organization_id, recipient_id, label) VALUES ($1, $2, $3, $4)",
-        hash_token(token), organization_id, recipient_id, label,
+        hash_token(token),
+        organization_id,
+        recipient_id,
+        label,
     )
     return token
 
@@ -44,16 +47,18 @@ async def issue_token(
 async def authenticate(pool: asyncpg.Pool, authorization: str | None) -> Principal:
     """Resolve an ``Authorization: Bearer ...`` header to a principal or raise 401."""
     if not authorization or not authorization.lower().startswith("bearer "):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "bearer token required",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "bearer token required", headers={"WWW-Authenticate": "Bearer"}
+        )
     token = authorization[7:].strip()
     row = await pool.fetchrow(
         "SELECT organization_id, recipient_id FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
         hash_token(token),
     )
     if row is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"}
+        )
     return Principal(organization_id=row["organization_id"], recipient_id=row["recipient_id"])
 
 

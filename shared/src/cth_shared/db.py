@@ -22,7 +22,9 @@ _NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _SCHEMA_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
-async def create_pool(dsn: str, *, schema: str, application_name: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, schema: str, application_name: str, min_size: int = 1, max_size: int = 10
+) -> asyncpg.Pool:
     """A pool whose connections use ``schema`` as their search path."""
     _check_schema(schema)
     pool = await asyncpg.create_pool(

@@ -54,7 +54,7 @@ def _start_service(name: str, schema: str, env: dict[str, str], log_dir: Path) -
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("wb"),
-        preexec_fn=pdeathsig_preexec(signal.SIGTERM),  # noqa: PLW1509 - children die with the demo
+        preexec_fn=pdeathsig_preexec(signal.SIGTERM),
     )
     return RunningService(name, schema, process, log_path)
 
@@ -107,7 +107,9 @@ async def run_demo(timeout: float) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="cth-demo-"))
     console.rule("[bold]Care Transitions Hub demo")
     with EmbeddedStack() as stack:
-        console.print(f"embedded stack up: Kafka {stack.kafka_bootstrap_servers}, PostgreSQL on port {stack.postgres_port}")
+        console.print(
+            f"embedded stack up: Kafka {stack.kafka_bootstrap_servers}, PostgreSQL on port {stack.postgres_port}"
+        )
         await create_catalog_topics(stack.kafka_bootstrap_servers)
         env = {
             **os.environ,
@@ -126,9 +128,7 @@ async def run_demo(timeout: float) -> int:
             console.print(f"services healthy: {', '.join(svc.name for svc, _ in running)} (logs in {log_dir})")
             published = await _publish_sample(stack.kafka_bootstrap_servers, "")
             console.print(f"published a sample of {sum(published.values())} events: {published}")
-            expected = {
-                svc.name: sum(published.get(t, 0) for t in SERVICES[svc.name][1]) for svc, _ in running
-            }
+            expected = {svc.name: sum(published.get(t, 0) for t in SERVICES[svc.name][1]) for svc, _ in running}
             deadline = time.monotonic() + timeout
             counts: dict[str, int] = {}
             while time.monotonic() < deadline:
@@ -141,7 +141,9 @@ async def run_demo(timeout: float) -> int:
             table.add_column("subscribed topics")
             table.add_column("events consumed (inbox)", justify="right")
             for svc, _ in running:
-                table.add_row(svc.name, ", ".join(SERVICES[svc.name][1]), f"{counts.get(svc.name, 0)}/{expected[svc.name]}")
+                table.add_row(
+                    svc.name, ", ".join(SERVICES[svc.name][1]), f"{counts.get(svc.name, 0)}/{expected[svc.name]}"
+                )
             Console().print(table)
             ok = all(counts.get(name, 0) >= expected[name] for name in expected)
         finally:

@@ -55,8 +55,12 @@ class ServiceContext:
     async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
         """A transaction for work not caused by a consumed event (timers, API commands)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            uow = UnitOfWork(conn=conn, source=f"urn:cth:{self.name}", tenant=self.settings.tenant,
-                             topic_prefix=self.settings.topic_prefix)
+            uow = UnitOfWork(
+                conn=conn,
+                source=f"urn:cth:{self.name}",
+                tenant=self.settings.tenant,
+                topic_prefix=self.settings.topic_prefix,
+            )
             yield uow
             await uow.flush()
         self.relay.wake()
@@ -95,20 +99,42 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     setup_logging(definition.name, settings.log_level)
     telemetry = setup_telemetry(definition.name, settings)
     pool = await create_pool(
-        settings.database_url.get_secret_value(), schema=definition.schema, application_name=definition.name,
-        min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size,
+        settings.database_url.get_secret_value(),
+        schema=definition.schema,
+        application_name=definition.name,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
     )
     applied = await run_migrations(pool, definition.schema, definition.migrations_package)
     _log.info("migrations done", extra={"service": definition.name, "reason": f"{len(applied)} applied"})
 
     broker = make_broker(settings, client_id=definition.name, tracer_provider=telemetry.tracer_provider)
-    relay = OutboxRelay(pool, broker, schema=definition.schema, batch_size=settings.relay_batch_size,
-                        poll_interval_s=settings.relay_poll_interval_ms / 1000)
-    processor = BatchProcessor(service=definition.name, pool=pool, handlers={}, tenant=settings.tenant,
-                               topic_prefix=settings.topic_prefix, max_event_bytes=settings.max_event_bytes,
-                               after_commit=relay.wake)
-    ctx = ServiceContext(name=definition.name, schema=definition.schema, settings=settings, pool=pool,
-                         broker=broker, relay=relay, processor=processor, telemetry=telemetry)
+    relay = OutboxRelay(
+        pool,
+        broker,
+        schema=definition.schema,
+        batch_size=settings.relay_batch_size,
+        poll_interval_s=settings.relay_poll_interval_ms / 1000,
+    )
+    processor = BatchProcessor(
+        service=definition.name,
+        pool=pool,
+        handlers={},
+        tenant=settings.tenant,
+        topic_prefix=settings.topic_prefix,
+        max_event_bytes=settings.max_event_bytes,
+        after_commit=relay.wake,
+    )
+    ctx = ServiceContext(
+        name=definition.name,
+        schema=definition.schema,
+        settings=settings,
+        pool=pool,
+        broker=broker,
+        relay=relay,
+        processor=processor,
+        telemetry=telemetry,
+    )
     handlers = definition.handlers(ctx) if callable(definition.handlers) else definition.handlers
     processor._handlers = dict(handlers)
 

@@ -42,19 +42,24 @@ class JsonLinesSpanExporter(SpanExporter):
             context = span.get_span_context()
             if context is None:
                 continue
-            lines.append(json.dumps({
-                "trace_id": f"{context.trace_id:032x}",
-                "span_id": f"{context.span_id:016x}",
-                "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
-                "name": span.name,
-                "service": span.resource.attributes.get("service.name"),
-                "kind": span.kind.name,
-                "start_ns": span.start_time,
-                "end_ns": span.end_time,
-                "status": span.status.status_code.name,
-                "attributes": {k: _plain(v) for k, v in (span.attributes or {}).items()},
-                "links": [f"{link.context.trace_id:032x}" for link in span.links],
-            }, default=str))
+            lines.append(
+                json.dumps(
+                    {
+                        "trace_id": f"{context.trace_id:032x}",
+                        "span_id": f"{context.span_id:016x}",
+                        "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
+                        "name": span.name,
+                        "service": span.resource.attributes.get("service.name"),
+                        "kind": span.kind.name,
+                        "start_ns": span.start_time,
+                        "end_ns": span.end_time,
+                        "status": span.status.status_code.name,
+                        "attributes": {k: _plain(v) for k, v in (span.attributes or {}).items()},
+                        "links": [f"{link.context.trace_id:032x}" for link in span.links],
+                    },
+                    default=str,
+                )
+            )
         with self._lock, self._path.open("a", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines))
         return SpanExportResult.SUCCESS

@@ -12,14 +12,14 @@ from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
 
-_NPI_RE = re.compile(r"^\d{10}$")
-_TIN_RE = re.compile(r"^\d{9}$")
+_NPI_RE = re.compile(r"^[0-9]{10}$")
+_TIN_RE = re.compile(r"^[0-9]{9}$")
 # CPT Category I (5 digits), Category II (4 digits + F), Category III (4 digits + T),
 # PLA codes (4 digits + U); HCPCS Level II: one letter A-V and 4 digits.
-_CPT_HCPCS_RE = re.compile(r"^(\d{4}[0-9FTU]|[A-V]\d{4})$")
-_ICD10_RE = re.compile(r"^[A-TV-Z]\d[0-9A-Z](\.?[0-9A-Z]{1,4})?$")
-_TAXONOMY_RE = re.compile(r"^\d{3}[0-9A-Z]{6}X$")
-_POS_RE = re.compile(r"^\d{2}$")
+_CPT_HCPCS_RE = re.compile(r"^([0-9]{4}[0-9FTU]|[A-V][0-9]{4})$")
+_ICD10_RE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
+_TAXONOMY_RE = re.compile(r"^[0-9]{3}[0-9A-Z]{6}X$")
+_POS_RE = re.compile(r"^[0-9]{2}$")
 _MODIFIER_RE = re.compile(r"^[0-9A-Z]{2}$")
 _SAFE_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
 
@@ -45,7 +45,7 @@ def npi_check_digit_ok(npi: str) -> bool:
 
 def npi_with_check_digit(first_nine: str) -> str:
     """Complete a nine-digit NPI stem with its Luhn check digit (synthetic data helper)."""
-    if not re.fullmatch(r"\d{9}", first_nine):
+    if not re.fullmatch(r"[0-9]{9}", first_nine):
         raise ValueError("an NPI stem is exactly nine digits")
     for check in "0123456789":
         if npi_check_digit_ok(first_nine + check):
@@ -108,7 +108,9 @@ Modifier = Annotated[str, AfterValidator(_check_modifier)]
 #: or markup, safe as Kafka keys and URL path segments.
 SafeId = Annotated[str, StringConstraints(pattern=_SAFE_ID_RE)]
 #: Free text from outside (names, facility names): bounded, no control characters.
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
+#: Longer free text (reasons, details): bounded, no control characters.
+FreeText = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
 
 
 class DischargeCategory(StrEnum):
@@ -174,7 +176,7 @@ NUBC_DISCHARGE_DISPOSITIONS: dict[str, tuple[str, DischargeCategory]] = {
 
 def _check_disposition(value: str) -> str:
     if value not in NUBC_DISCHARGE_DISPOSITIONS:
-        raise ValueError(f"unknown NUBC discharge disposition {value[:8]!r}")
+        raise ValueError("not a NUBC discharge disposition code (UB-04 FL17 / HL7 table 0112)")
     return value
 
 

@@ -23,7 +23,7 @@ from .codes import SafeId
 #: Largest message we accept on any topic; bigger payloads go to the DLQ unread.
 MAX_EVENT_BYTES = 1_048_576
 
-_SCHEMA_RE = re.compile(r"^urn:cth:event:(?P<type>[a-z_.]+):v(?P<version>\d+)$")
+_SCHEMA_RE = re.compile(r"^urn:cth:event:(?P<type>[a-z_.]+):v(?P<version>[0-9]{1,4})$")
 
 D = TypeVar("D", bound=BaseModel)
 AnyData = Any
@@ -46,7 +46,7 @@ class ContractError(ValueError):
 class EventData(BaseModel):
     """Base for every ``data`` model: strict shape, no unknown fields, immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False)
 
 
 class CloudEvent(BaseModel, Generic[D]):
@@ -57,7 +57,7 @@ class CloudEvent(BaseModel, Generic[D]):
     this one).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     specversion: Literal["1.0"] = "1.0"
     id: SafeId = Field(description="Unique event id; the idempotency key")
@@ -151,7 +151,7 @@ def new_event(
 ) -> CloudEvent[Any]:
     """Wrap ``data`` in a validated envelope; the type and schema come from the data model."""
     entry = _BY_MODEL[type(data)]
-    return CloudEvent[type(data)](  # type: ignore[misc]  # runtime-parametrised generic
+    return _envelope_model(entry)(
         id=event_id or uuid.uuid4().hex,
         type=entry.name,
         source=source,
@@ -190,7 +190,7 @@ def parse_event(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> CloudE
 
     Raises :class:`ContractError` (never anything else) for any invalid input.
     """
-    size = len(raw)
+    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
     if size > max_bytes:
         raise ContractError("oversize", f"{size} bytes exceeds the {max_bytes} byte limit")
     try:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, Field, model_validator
 
 from .codes import (
+    FreeText,
     Icd10Code,
     Modifier,
     Npi,
@@ -50,7 +51,7 @@ class Address(EventData):
     line: ShortText
     city: ShortText
     state: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
-    postal_code: Annotated[str, Field(pattern=r"^\d{5}(-\d{4})?$")]
+    postal_code: Annotated[str, Field(pattern=r"^[0-9]{5}(-[0-9]{4})?$")]
     latitude: Latitude
     longitude: Longitude
 
@@ -390,7 +391,7 @@ class RoutingCandidate(EventData):
     tier: NetworkTier
     score: float
     components: dict[Literal["tier", "quality", "cost", "distance", "capacity"], float]
-    distance_km: float | None = None
+    distance_km: Annotated[float, Field(ge=0)] | None = None
     virtual: bool = False
 
 
@@ -421,7 +422,7 @@ class ReferralUnroutable(EventData):
         "no_provider_offers_service", "none_in_network", "none_accepting", "no_capacity",
         "none_within_distance", "member_not_enrolled",
     ]
-    detail: Annotated[str, Field(max_length=500)] = ""
+    detail: FreeText = ""
 
 
 @event_type("referral.leakage_detected", version=1, topic="referrals")
@@ -549,7 +550,7 @@ class NotificationFailed(EventData):
     member_id: SafeId
     recipient_id: SafeId
     channel: Literal["webhook", "fhir_message", "inbox"]
-    reason: Annotated[str, Field(max_length=500)]
+    reason: FreeText
     attempts: Annotated[int, Field(ge=1)]
     dead_lettered: bool
 

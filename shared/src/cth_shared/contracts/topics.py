@@ -54,7 +54,10 @@ def topic_name(base: str, prefix: str = "") -> str:
 def all_topic_specs(prefix: str = "") -> list[TopicSpec]:
     """Every topic the system uses, including one DLQ per service, under ``prefix``."""
     specs = [TopicSpec(topic_name(t.name, prefix), t.partitions, dict(t.configs), t.key) for t in _BASE]
-    specs += [TopicSpec(topic_name(dlq_topic(s), prefix), MEMBER_PARTITIONS, key="original key") for s in (*SERVICES, *TEST_SERVICES)]
+    specs += [
+        TopicSpec(topic_name(dlq_topic(s), prefix), MEMBER_PARTITIONS, key="original key")
+        for s in (*SERVICES, *TEST_SERVICES)
+    ]
     return specs
 
 

@@ -138,12 +138,17 @@ class BatchProcessor:
                 item.id if isinstance(item, CloudEvent) else f"dlq:{rec.topic}:{rec.partition}:{rec.offset}"
                 for rec, item in parsed
             ]
-            fresh = set(await conn.fetchval(
-                "WITH ins AS (INSERT INTO inbox(event_id, topic) SELECT * FROM unnest($1::text[], $2::text[])"
-                " ON CONFLICT DO NOTHING RETURNING event_id) SELECT coalesce(array_agg(event_id), '{}') FROM ins",
-                keys, [rec.topic for rec, _ in parsed],
-            ))
-            uow = UnitOfWork(conn=conn, source=f"urn:cth:{self.service}", tenant=self._tenant, topic_prefix=self._prefix)
+            fresh = set(
+                await conn.fetchval(
+                    "WITH ins AS (INSERT INTO inbox(event_id, topic) SELECT * FROM unnest($1::text[], $2::text[])"
+                    " ON CONFLICT DO NOTHING RETURNING event_id) SELECT coalesce(array_agg(event_id), '{}') FROM ins",
+                    keys,
+                    [rec.topic for rec, _ in parsed],
+                )
+            )
+            uow = UnitOfWork(
+                conn=conn, source=f"urn:cth:{self.service}", tenant=self._tenant, topic_prefix=self._prefix
+            )
             consumed = 0
             for (record, item), key in zip(parsed, keys, strict=True):
                 if key not in fresh:
@@ -185,8 +190,10 @@ class BatchProcessor:
                 # A bug or an unforeseen input: park this event, keep the partition moving.
                 del uow.rows[queued:]
                 span.record_exception(exc)
-                _log.exception("handler failed; event dead-lettered",
-                               extra={"service": self.service, "event_id": event.id, "event_type": event.type})
+                _log.exception(
+                    "handler failed; event dead-lettered",
+                    extra={"service": self.service, "event_id": event.id, "event_type": event.type},
+                )
                 await self._dead_letter(uow, record, "handler_error", type(exc).__name__)
             finally:
                 uow.cause = None
@@ -194,27 +201,34 @@ class BatchProcessor:
     async def _dead_letter(self, uow: UnitOfWork, record: ConsumerRecord, reason: str, detail: str) -> None:
         original = record.value if record.value is not None else b""
         self._dead.add(1, {"service": self.service, "reason": reason})
-        _log.warning("event dead-lettered",
-                     extra={"service": self.service, "topic": record.topic, "reason": reason})
+        _log.warning("event dead-lettered", extra={"service": self.service, "topic": record.topic, "reason": reason})
         await uow.conn.execute(
             'INSERT INTO dead_letters(source_topic, partition, "offset", key, reason, detail, original)'
             " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            record.topic, record.partition, record.offset, record.key, reason, detail, original,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            reason,
+            detail,
+            original,
         )
         # The DLQ record carries the original bytes up to 512 KiB (Kafka's default limits);
         # beyond that the dead_letters row holds them, and the record says so.
         keep = len(original) <= 512 * 1024
-        payload = json.dumps({
-            "service": self.service,
-            "reason": reason,
-            "detail": detail,
-            "source_topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "original_size": len(original),
-            "original_base64": base64.b64encode(original).decode() if keep else None,
-            "original_truncated": not keep,
-        }).encode()
+        payload = json.dumps(
+            {
+                "service": self.service,
+                "reason": reason,
+                "detail": detail,
+                "source_topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "original_size": len(original),
+                "original_base64": base64.b64encode(original).decode() if keep else None,
+                "original_truncated": not keep,
+            }
+        ).encode()
         headers = {"dlq_reason": reason, "dlq_service": self.service}
         uow.publish_raw(self._dlq_topic, record.key, payload, headers)
 

@@ -10,6 +10,7 @@ was current when the handler produced them (DESIGN.md section 4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -72,12 +73,14 @@ class UnitOfWork:
         )
         headers: dict[str, str] = {"ce_type": event.type, "ce_id": event.id}
         propagate.inject(headers)  # traceparent of the span producing it
-        self.rows.append(OutboxRow(
-            topic=topic_name(type_of(type(data)).topic, self.topic_prefix),
-            key=subject.encode(),
-            payload=event.to_json_bytes(),
-            headers=headers,
-        ))
+        self.rows.append(
+            OutboxRow(
+                topic=topic_name(type_of(type(data)).topic, self.topic_prefix),
+                key=subject.encode(),
+                payload=event.to_json_bytes(),
+                headers=headers,
+            )
+        )
         return event
 
     def publish_raw(self, topic: str, key: bytes | None, payload: bytes, headers: dict[str, str]) -> None:
@@ -162,10 +165,8 @@ class OutboxRelay:
             if sent == self._batch_size:
                 continue  # more is waiting
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
-            except TimeoutError:
-                pass
         # Final drain on graceful shutdown: what committed gets published.
         try:
             while await self.relay_once() == self._batch_size:
@@ -186,7 +187,9 @@ class OutboxRelay:
                 self._backlog = 0
                 return 0
             futures = []
-            with _tracer.start_as_current_span("outbox.relay batch", attributes={"messaging.batch.message_count": len(rows)}):
+            with _tracer.start_as_current_span(
+                "outbox.relay batch", attributes={"messaging.batch.message_count": len(rows)}
+            ):
                 for row in rows:
                     headers = json.loads(row["headers"])
                     parent = propagate.extract(headers)
@@ -196,9 +199,15 @@ class OutboxRelay:
                         # producing handler's span and injects its own traceparent.
                         headers.pop("traceparent", None)
                         headers.pop("tracestate", None)
-                        futures.append(await self._broker.publish(
-                            row["payload"], topic=row["topic"], key=row["key"], headers=headers, no_confirm=True,
-                        ))
+                        futures.append(
+                            await self._broker.publish(
+                                row["payload"],
+                                topic=row["topic"],
+                                key=row["key"],
+                                headers=headers,
+                                no_confirm=True,
+                            )
+                        )
                     finally:
                         otel_context.detach(token)
                 await asyncio.gather(*futures)
@@ -208,10 +217,13 @@ class OutboxRelay:
             for row in rows:
                 per_topic[row["topic"]] = per_topic.get(row["topic"], 0) + 1
             await conn.execute(
-                "INSERT INTO outbox_published(topic, published, last_seq) SELECT t, n, $3 FROM unnest($1::text[], $2::bigint[]) AS x(t, n)"
+                "INSERT INTO outbox_published(topic, published, last_seq)"
+                " SELECT t, n, $3 FROM unnest($1::text[], $2::bigint[]) AS x(t, n)"
                 " ON CONFLICT (topic) DO UPDATE SET published = outbox_published.published + excluded.published,"
                 " last_seq = excluded.last_seq, updated_at = now()",
-                list(per_topic), list(per_topic.values()), last,
+                list(per_topic),
+                list(per_topic.values()),
+                last,
             )
             self._backlog = await conn.fetchval("SELECT count(*) FROM outbox") - len(rows)
         self._published_counter.add(len(rows))

@@ -434,7 +434,7 @@ class ServiceProcess:
             raise RuntimeError(f"{self.module}: HTTP_PORT is not set in its environment")
         return f"http://127.0.0.1:{port}"
 
-    async def wait_healthy(self, url: str | None = None, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - the loop also watches the process
+    async def wait_healthy(self, url: str | None = None, timeout: float = 30.0) -> None:
         """Poll ``GET {url}/healthz`` until it answers 200; fail early if the process exits."""
         import httpx
 
@@ -474,7 +474,7 @@ class ServiceProcess:
                 proc.wait()
         return proc.returncode
 
-    async def aterminate(self, timeout: float = 10.0) -> int | None:  # noqa: ASYNC109 - mirrors terminate()
+    async def aterminate(self, timeout: float = 10.0) -> int | None:
         """Async ``terminate()``: the event loop keeps running while the service drains."""
         return await asyncio.to_thread(self.terminate, timeout)
 
