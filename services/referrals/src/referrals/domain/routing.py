@@ -1,0 +1,184 @@
+"""Routing a referral to the best in-network downstream provider (DESIGN.md section 3, referrals).
+
+The rule, in order:
+
+1. **filter** — the provider offers the service category; participates in the member's plan
+   network; is within the service's distance limit of the member's home (haversine km), or is
+   virtual-capable where the service allows virtual care; is accepting new patients; has
+   capacity left (``capacity > reserved``). Geography is applied before the operational status
+   filters, because that is how the candidate index narrows the directory and because "nobody
+   nearby is accepting" is the actionable message for a care manager. When the list empties,
+   the filter that emptied it is the unroutable ``reason``.
+2. **score** — a weighted sum of components, each normalised to 0..1 before weighting:
+   network tier (preferred = 1, standard = 0), quality (score / 5), cost index (lower is
+   better, linear between ``cost_index_best`` and ``cost_index_worst``), distance (closer is
+   better, ``1 - km / limit``; a provider reached only virtually gets ``virtual_distance_score``)
+   and spare capacity (``spare / capacity_saturation``, capped at 1).
+3. **rank** — highest score first, scores compared at 6 decimals; ties go to the lower NPI,
+   so the same directory always yields the same choice.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .geo import haversine_km
+from .model import (
+    PREFERRED,
+    MemberCoverage,
+    ProviderProfile,
+    Routed,
+    RoutingOutcome,
+    ScoredCandidate,
+    StageCounts,
+    Unroutable,
+)
+
+SCORE_COMPONENTS = ("tier", "quality", "cost", "distance", "capacity")
+
+#: Default straight-line distance limits (km) per service category: post-acute agencies travel
+#: to the member (home health, hospice), facilities are chosen closer to family.
+DEFAULT_DISTANCE_LIMITS_KM: dict[str, float] = {
+    "home_health": 50.0,
+    "hospice": 80.0,
+    "snf": 50.0,
+    "inpatient_rehab": 100.0,
+}
+
+#: Service categories where a virtual-capable provider beyond the distance limit still qualifies.
+DEFAULT_VIRTUAL_SERVICES: frozenset[str] = frozenset({"behavioral_health", "cardiology", "endocrinology",
+                                                      "primary_care", "neurology"})
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """Configuration of the routing rule (weights, limits); every number comes from settings."""
+
+    weights: Mapping[str, float] = field(default_factory=lambda: {
+        "tier": 0.40, "quality": 0.30, "cost": 0.15, "distance": 0.10, "capacity": 0.05,
+    })
+    distance_limits_km: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_DISTANCE_LIMITS_KM))
+    default_distance_limit_km: float = 60.0
+    virtual_services: frozenset[str] = DEFAULT_VIRTUAL_SERVICES
+    virtual_distance_score: float = 0.0
+    cost_index_best: float = 0.5
+    cost_index_worst: float = 2.0
+    capacity_saturation: int = 10
+    max_alternatives: int = 5
+    routing_version: str = "route-2026.1"
+
+    def __post_init__(self) -> None:
+        unknown = set(self.weights) - set(SCORE_COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown score components in weights: {sorted(unknown)}")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("score weights must not be negative")
+        if self.cost_index_worst <= self.cost_index_best:
+            raise ValueError("cost_index_worst must be above cost_index_best")
+        if self.capacity_saturation < 1:
+            raise ValueError("capacity_saturation must be at least 1")
+
+    def distance_limit_km(self, service_category: str) -> float:
+        """The straight-line distance limit for ``service_category``."""
+        return self.distance_limits_km.get(service_category, self.default_distance_limit_km)
+
+    def allows_virtual(self, service_category: str) -> bool:
+        """True when a virtual-capable provider beyond the distance limit qualifies."""
+        return service_category in self.virtual_services
+
+
+def _clamp01(value: float) -> float:
+    return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
+
+
+def score_components(
+    provider: ProviderProfile, tier: str, distance_km: float, virtual: bool, spare_capacity: int,
+    limit_km: float, policy: RoutingPolicy,
+) -> dict[str, float]:
+    """The weighted score components of one qualifying provider (rule step 2)."""
+    w = policy.weights
+    distance_part = policy.virtual_distance_score if virtual else 1.0 - distance_km / limit_km if limit_km > 0 else 0.0
+    cost_span = policy.cost_index_worst - policy.cost_index_best
+    return {
+        "tier": round(w.get("tier", 0.0) * (1.0 if tier == PREFERRED else 0.0), 6),
+        "quality": round(w.get("quality", 0.0) * _clamp01(provider.quality_score / 5.0), 6),
+        "cost": round(w.get("cost", 0.0) * _clamp01((policy.cost_index_worst - provider.cost_index) / cost_span), 6),
+        "distance": round(w.get("distance", 0.0) * _clamp01(distance_part), 6),
+        "capacity": round(w.get("capacity", 0.0) * _clamp01(spare_capacity / policy.capacity_saturation), 6),
+    }
+
+
+def route(
+    service_category: str,
+    member: MemberCoverage,
+    candidates: Iterable[ProviderProfile],
+    policy: RoutingPolicy,
+    reserved: Mapping[str, int] | None = None,
+    narrowed: StageCounts | None = None,
+) -> RoutingOutcome:
+    """Choose a provider for ``service_category`` for ``member`` (see the module docstring).
+
+    ``candidates`` may be the whole directory or what an index returned; ``reserved`` holds the
+    capacity already reserved per NPI by open referrals. When an index narrowed the directory by
+    service, network and geography, ``narrowed`` carries its counts so the reason stays exact.
+    """
+    reserved = reserved or {}
+    limit_km = policy.distance_limit_km(service_category)
+    virtual_allowed = policy.allows_virtual(service_category)
+    network_id = member.network_id
+    offering = in_network = reachable = accepting = 0
+    qualified: list[ScoredCandidate] = []
+    for provider in candidates:
+        if not provider.active or service_category not in provider.services:
+            continue
+        offering += 1
+        tier = provider.networks.get(network_id)
+        if tier is None:
+            continue
+        in_network += 1
+        distance_km = haversine_km(member.latitude, member.longitude, provider.latitude, provider.longitude)
+        virtual = False
+        if distance_km > limit_km:
+            if not (virtual_allowed and provider.virtual_capable):
+                continue
+            virtual = True
+        reachable += 1
+        if not provider.accepting:
+            continue
+        accepting += 1
+        spare = provider.capacity - reserved.get(provider.npi, 0)
+        if spare <= 0:
+            continue
+        components = score_components(provider, tier, distance_km, virtual, spare, limit_km, policy)
+        qualified.append(ScoredCandidate(
+            npi=provider.npi, tin=provider.tin, tier=tier, score=round(sum(components.values()), 6),
+            components=components, distance_km=round(distance_km, 2), virtual=virtual, spare_capacity=spare,
+        ))
+    if not qualified:
+        return _unroutable(service_category, limit_km, offering, in_network, reachable, accepting, narrowed)
+    ranked = heapq.nsmallest(policy.max_alternatives + 1, qualified, key=lambda c: (-c.score, c.npi))
+    return Routed(chosen=ranked[0], alternatives=tuple(ranked[1:]), candidates_considered=len(qualified))
+
+
+def _unroutable(
+    service_category: str, limit_km: float, offering: int, in_network: int, reachable: int, accepting: int,
+    narrowed: StageCounts | None,
+) -> Unroutable:
+    if narrowed is not None:
+        if narrowed.offering_service == 0:
+            offering = 0
+        elif narrowed.in_network == 0:
+            offering, in_network = max(offering, 1), 0
+        elif in_network == 0:  # the index had in-network providers but none in reach
+            offering, in_network, reachable = 1, 1, 0
+    if offering == 0:
+        return Unroutable("no_provider_offers_service", f"no active provider offers {service_category}")
+    if in_network == 0:
+        return Unroutable("none_in_network", f"no {service_category} provider in the member's plan network")
+    if reachable == 0:
+        return Unroutable("none_within_distance", f"no in-network {service_category} provider within {limit_km:.0f} km")
+    if accepting == 0:
+        return Unroutable("none_accepting", f"no in-network {service_category} provider in reach is accepting")
+    return Unroutable("no_capacity", f"every accepting in-network {service_category} provider in reach is full")
