@@ -1,0 +1,1 @@
+"""The producer integration tests use the shared ``infra``/``isolated`` fixtures (root conftest)."""
