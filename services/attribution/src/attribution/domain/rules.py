@@ -336,10 +336,13 @@ def attribute(
         return Attribution(method, None, None, (), explain(reason))
 
     in_window = [ln for ln in service_lines if start <= ln.service_date <= as_of]
-    primary_care_npis = {npi for npi, facts in providers.items() if facts.primary_care}
+    def by_primary_care_provider(ln: ServiceLine) -> bool:
+        facts = providers.get(ln.npi)
+        return facts is not None and facts.primary_care
+
     primary_lines = [
         ln for ln in in_window
-        if ln.virtual_visit or (ln.procedure_code in rules.primary_care_codes and ln.npi in primary_care_npis)
+        if ln.virtual_visit or (ln.procedure_code in rules.primary_care_codes and by_primary_care_provider(ln))
     ]
     if rules.step_two_scope == "primary_care_services":
         step_two_lines = [ln for ln in in_window if ln.virtual_visit or ln.procedure_code in rules.primary_care_codes]
