@@ -1,25 +1,44 @@
-"""Composition root of the care-gaps service: settings -> telemetry -> pool -> broker -> app.
-
-The rules arrive in their own issue; for now the service starts, applies its
-migrations, consumes its topics through the inbox and shuts down on SIGTERM.
-"""
+"""Composition root of the care-gaps service: settings -> rules -> handlers, API, overdue job."""
 
 from __future__ import annotations
 
-from cth_shared.runtime import ServiceDefinition, run_service
-from cth_shared.settings import ServiceSettings
+from datetime import timedelta
 
-DEFINITION = ServiceDefinition(
-    name="care-gaps",
-    schema="care_gaps",
-    migrations_package="care_gaps",
-    topics=["encounters", "virtual-visits", "claims", "enrollment", "attribution"],
-    handlers={},
-)
+from cth_shared.runtime import ServiceDefinition, run_service
+
+from .api import create_api
+from .handlers import CareGapsUseCases, ClockPolicy
+from .jobs import wall_clock_sweeper
+from .settings import CareGapsSettings
+
+TOPICS = ["encounters", "virtual-visits", "claims", "enrollment", "attribution"]
+
+
+def build(settings: CareGapsSettings) -> ServiceDefinition:
+    """Wire the measure configuration into the handlers, the API and the wall-clock job."""
+    config = settings.measure_config()
+    use_cases = CareGapsUseCases(config, ClockPolicy(
+        mode=settings.clock,
+        replay_lag=timedelta(hours=settings.replay_lag_hours),
+        max_future_skew=timedelta(minutes=settings.max_future_skew_minutes),
+    ))
+    background = []
+    if settings.clock in ("wall", "both"):
+        background.append(wall_clock_sweeper(use_cases, settings.clock, settings.overdue_sweep_interval_s))
+    return ServiceDefinition(
+        name="care-gaps",
+        schema="care_gaps",
+        migrations_package="care_gaps",
+        topics=TOPICS,
+        handlers=use_cases.mapping(),
+        api=lambda ctx: create_api(lambda: ctx.pool, config),
+        background=background,
+    )
 
 
 def main() -> None:
-    run_service(DEFINITION, ServiceSettings())
+    settings = CareGapsSettings()
+    run_service(build(settings), settings)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,519 @@
+"""Use cases of the care-gaps service, one per consumed event type, each inside the batch
+transaction (``uow.conn``) with its produced events queued on the outbox (``uow.publish``).
+
+Idempotency beyond the inbox: gap ids are deterministic per (encounter, measure); the
+latest ADT fact by event time wins (an older resend or A08 never overwrites a newer one);
+cancels compare instants (an A13 at T cancels discharges at or before T, whatever the
+arrival order); evidence is stored so it counts whether it arrives before or after the
+discharge; every state change is a guarded UPDATE, so a repeated fact changes nothing and
+emits nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+from cth_shared.contracts import CloudEvent
+from cth_shared.contracts.codes import PatientClass
+from cth_shared.contracts.events import (
+    AttributionChanged,
+    CareGapClosed,
+    CareGapNotApplicable,
+    CareGapOpened,
+    CareGapOverdue,
+    ClaimAdjudicated,
+    EncounterAdmitted,
+    EncounterCancelled,
+    EncounterDischarged,
+    EncounterTransferred,
+    GapMeasure,
+    GapOwner,
+    MemberDisenrolled,
+    MemberSnapshot,
+    VirtualVisitCompleted,
+)
+from cth_shared.messaging.consumer import Rejected
+from cth_shared.messaging.outbox import UnitOfWork
+
+from . import store
+from .domain.clock import ClockMode, advance_event_clock, event_clock_applies, is_live, overdue_at
+from .domain.evidence import Evidence, evidence_closes
+from .domain.identity import gap_id
+from .domain.measures import MeasureConfig
+from .domain.ownership import CareTeam, Owner, gap_owner, member_organization
+from .domain.priority import age_65_date, gap_priority
+from .domain.readmission import (
+    NO_READMISSION_RULE,
+    UNPLANNED_READMISSION_RULE,
+    PriorDischarge,
+    index_discharge_for,
+    is_planned,
+)
+from .domain.windows import DischargeFacts, MemberFacts, plan_discharge_gaps
+
+Handler = Callable[[UnitOfWork, CloudEvent[Any]], Awaitable[None]]
+
+#: not_applicable reasons the contract allows; a local reason outside it is published as the
+#: closest contract value (see the report's contract wish for ``criteria_no_longer_met``).
+_CONTRACT_REASONS = {"encounter_cancelled", "expired", "acute_transfer", "hospice", "disenrolled", "readmitted"}
+FOLLOW_UP_MEASURES = tuple(m for m in GapMeasure if m != GapMeasure.READMISSION_WATCH)
+
+
+@dataclass(frozen=True)
+class ClockPolicy:
+    """How consumed events drive the overdue clock (see ``domain.clock``)."""
+
+    mode: ClockMode = "both"
+    replay_lag: timedelta = timedelta(hours=24)
+    max_future_skew: timedelta = timedelta(hours=1)
+
+
+def _offset_of(discharged_at: datetime) -> timezone:
+    offset = discharged_at.utcoffset() or timedelta(0)
+    return timezone(offset)
+
+
+def _care_team(member: asyncpg.Record | None) -> CareTeam:
+    if member is None:
+        return CareTeam()
+    return CareTeam(
+        pcp_npi=member["pcp_npi"], pcp_tin=member["pcp_tin"], v1c_npi=member["v1c_npi"],
+        v1c_tin=member["v1c_tin"],
+        care_manager_id=member["team_care_manager_id"] or member["enrollment_care_manager_id"],
+    )
+
+
+def _owner_model(owner_role: str, owner_id: str | None) -> GapOwner:
+    return GapOwner(role=owner_role, id=owner_id)  # type: ignore[arg-type]  # role checked by the model
+
+
+class CareGapsUseCases:
+    """The handlers, closed over the measure configuration and the clock policy."""
+
+    def __init__(self, config: MeasureConfig, clock: ClockPolicy,
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.config = config
+        self.clock = clock
+        self._now = wall_clock
+
+    def mapping(self) -> Mapping[str, Handler]:
+        """Event type -> handler, each followed by the event-clock step."""
+        routes: dict[str, Handler] = {
+            "encounter.admitted": self.on_admitted,
+            "encounter.transferred": self.on_transferred,
+            "encounter.discharged": self.on_discharged,
+            "encounter.cancelled": self.on_cancelled,
+            "virtual_visit.completed": self.on_virtual_visit,
+            "claim.adjudicated": self.on_claim,
+            "member.enrolled": self.on_member_snapshot,
+            "member.updated": self.on_member_snapshot,
+            "member.disenrolled": self.on_disenrolled,
+            "attribution.changed": self.on_attribution_changed,
+        }
+        return {name: self._with_event_clock(handler) for name, handler in routes.items()}
+
+    def _with_event_clock(self, handler: Handler) -> Handler:
+        async def handle(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+            await handler(uow, event)
+            await self.tick_event_clock(uow, event)
+
+        handle.__name__ = getattr(handler, "__name__", "handle")
+        return handle
+
+    # ----------------------------------------------------------------------- encounters
+    async def on_discharged(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """A discharge (A03, or its A08 update) opens, re-windows or retracts the encounter's gaps."""
+        discharge: EncounterDischarged = event.data
+        encounter = await self._encounter(uow, event, discharge.encounter_id, discharge.member_id,
+                                          discharge.patient_class)
+        if encounter["discharge_fact_time"] is not None and event.time < encounter["discharge_fact_time"]:
+            return  # an older version of this discharge than the one applied: stale resend
+        cancelled_at = encounter["discharge_cancelled_at"]
+        if cancelled_at is not None and discharge.discharged_at > cancelled_at:
+            cancelled_at = None  # a new discharge after the A13: the encounter is discharged again
+        columns: dict[str, Any] = {
+            "patient_class": discharge.patient_class.value,
+            "discharged_at": discharge.discharged_at,
+            "discharge_offset_min": int((discharge.discharged_at.utcoffset() or timedelta(0)).total_seconds() // 60),
+            "disposition": discharge.disposition,
+            "discharge_event_id": event.id,
+            "discharge_fact_time": event.time,
+            "discharge_cancelled_at": cancelled_at,
+        }
+        if discharge.admitted_at is not None and encounter["admitted_at"] is None:
+            columns["admitted_at"] = discharge.admitted_at
+            if discharge.patient_class == PatientClass.INPATIENT:
+                columns["inpatient_since"] = discharge.admitted_at
+                columns["admit_event_id"] = event.id
+        await store.update_encounter(uow.conn, discharge.encounter_id, **columns)
+
+        if encounter["admit_cancelled_at"] is not None or cancelled_at is not None:
+            await self._retract_encounter(uow, event, discharge.encounter_id, "encounter_cancelled")
+            return
+        member = await store.get_member(uow.conn, discharge.member_id)
+        primary = next((d.code for d in discharge.diagnoses if d.primary), None)
+        facts = DischargeFacts(discharge.encounter_id, discharge.patient_class, discharge.discharged_at,
+                               discharge.disposition, primary)
+        member_facts = MemberFacts(
+            risk_score=member["risk_score"] if member else 0.0,
+            termination_date=member["termination_date"] if member else None,
+        )
+        plan = plan_discharge_gaps(facts, member_facts, self.config)
+        await self._reconcile_gaps(uow, event, discharge.member_id, facts, plan.windows,
+                                            plan.exclusion or "criteria_no_longer_met", member)
+        # Later admissions already known (out-of-order arrival) may readmit after this discharge,
+        # and this encounter's own admission may readmit after an earlier one.
+        for admission in await store.inpatient_admissions_after(uow.conn, discharge.member_id,
+                                                                discharge.discharged_at):
+            await self._apply_readmission(uow, event, discharge.member_id, admission["encounter_id"],
+                                          admission["inpatient_since"], admission["admit_event_id"] or event.id)
+        if discharge.patient_class == PatientClass.INPATIENT:
+            since = columns.get("inpatient_since") or encounter["inpatient_since"]
+            if since is not None:
+                await self._apply_readmission(uow, event, discharge.member_id, discharge.encounter_id, since,
+                                              encounter["admit_event_id"] or event.id)
+
+    async def on_admitted(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """An admission (A01/A04/A08) is recorded; an inpatient one may be a 30-day readmission."""
+        admitted: EncounterAdmitted = event.data
+        encounter = await self._encounter(uow, event, admitted.encounter_id, admitted.member_id,
+                                          admitted.patient_class)
+        if encounter["admit_fact_time"] is not None and event.time < encounter["admit_fact_time"]:
+            return
+        columns: dict[str, Any] = {"admitted_at": admitted.admitted_at, "admit_fact_time": event.time,
+                                   "patient_class": admitted.patient_class.value}
+        if encounter["discharged_at"] is not None:
+            columns.pop("patient_class")  # the discharge's class is the later fact
+        reinstated = (encounter["admit_cancelled_at"] is not None and admitted.trigger != "A08"
+                      and event.time > encounter["admit_cancelled_at"])
+        if reinstated:
+            columns["admit_cancelled_at"] = None
+        if admitted.patient_class == PatientClass.INPATIENT:
+            if encounter["inpatient_since"] is None or encounter["admit_event_id"] is None or reinstated:
+                columns["admit_event_id"] = event.id
+            columns["inpatient_since"] = admitted.admitted_at
+        await store.update_encounter(uow.conn, admitted.encounter_id, **columns)
+        if (encounter["admit_cancelled_at"] is None or reinstated) and admitted.patient_class == PatientClass.INPATIENT:
+            await self._apply_readmission(uow, event, admitted.member_id, admitted.encounter_id,
+                                          admitted.admitted_at, columns.get("admit_event_id")
+                                          or encounter["admit_event_id"] or event.id)
+
+    async def on_transferred(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """A transfer; an A06 conversion to inpatient counts as an inpatient admission at its time."""
+        transfer: EncounterTransferred = event.data
+        encounter = await self._encounter(uow, event, transfer.encounter_id, transfer.member_id,
+                                          transfer.patient_class)
+        converted = (transfer.patient_class == PatientClass.INPATIENT
+                     and encounter["inpatient_since"] is None
+                     and (transfer.from_patient_class is None or transfer.from_patient_class != PatientClass.INPATIENT))
+        if not converted or encounter["admit_cancelled_at"] is not None:
+            return
+        await store.update_encounter(uow.conn, transfer.encounter_id, inpatient_since=transfer.transferred_at,
+                                     admit_event_id=event.id, patient_class=PatientClass.INPATIENT.value)
+        await self._apply_readmission(uow, event, transfer.member_id, transfer.encounter_id,
+                                      transfer.transferred_at, event.id)
+
+    async def on_cancelled(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """A13 (cancel discharge): that discharge's gaps become not applicable; A11 (cancel
+        admit): everything the encounter opened becomes not applicable."""
+        cancel: EncounterCancelled = event.data
+        encounter = await self._encounter(uow, event, cancel.encounter_id, cancel.member_id, cancel.patient_class)
+        if cancel.cancels == "admit":
+            if encounter["admit_cancelled_at"] is None or cancel.cancelled_at > encounter["admit_cancelled_at"]:
+                await store.update_encounter(uow.conn, cancel.encounter_id, admit_cancelled_at=cancel.cancelled_at)
+            await self._retract_encounter(uow, event, cancel.encounter_id, "encounter_cancelled")
+            return
+        previous = encounter["discharge_cancelled_at"]
+        if previous is None or cancel.cancelled_at > previous:
+            await store.update_encounter(uow.conn, cancel.encounter_id, discharge_cancelled_at=cancel.cancelled_at)
+        discharged_at = encounter["discharged_at"]
+        if discharged_at is not None and discharged_at <= cancel.cancelled_at:
+            await self._retract_encounter(uow, event, cancel.encounter_id, "encounter_cancelled")
+
+    # ----------------------------------------------------------------------- evidence
+    async def on_virtual_visit(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """A completed V1C visit is closing evidence on its local start date."""
+        visit: VirtualVisitCompleted = event.data
+        evidence = Evidence(
+            evidence_id=f"visit:{visit.visit_id}", source_event_id=event.id, source="virtual_visit",
+            service_date=visit.started_at.date(), procedure_codes=frozenset(visit.procedure_codes),
+            diagnosis_codes=frozenset(d.code for d in visit.diagnoses),
+            medication_reconciliation=visit.medication_reconciliation,
+            interactive_contact=visit.interactive_contact,
+            face_to_face_modality=visit.modality in ("video", "in_home"),
+        )
+        await store.add_evidence(uow.conn, visit.member_id, None, visit.started_at, [evidence])
+        await self._close_with_evidence(uow, event, visit.member_id)
+
+    async def on_claim(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """Paid and adjusted claim lines are closing evidence on their service date; a reversal or
+        adjustment withdraws the replaced claim's evidence (gaps it already closed stay closed)."""
+        claim: ClaimAdjudicated = event.data
+        if claim.replaces_claim_id is not None:
+            await store.remove_claim_evidence(uow.conn, claim.replaces_claim_id)
+        if claim.status not in ("paid", "adjusted"):
+            return
+        items = [
+            Evidence(
+                evidence_id=f"claim:{claim.claim_id}:{line.line_number}", source_event_id=event.id, source="claim",
+                service_date=line.service_from, procedure_codes=frozenset([line.procedure_code]),
+                diagnosis_codes=frozenset(line.diagnoses), rendering_taxonomy=line.rendering_taxonomy,
+            )
+            for line in claim.lines if line.units > 0 and line.allowed_amount >= 0
+        ]
+        for item in items:
+            occurred = datetime.combine(item.service_date, datetime.min.time(), tzinfo=UTC)
+            await store.add_evidence(uow.conn, claim.member_id, claim.claim_id, occurred, [item])
+        if items:
+            await self._close_with_evidence(uow, event, claim.member_id)
+
+    # ----------------------------------------------------------------------- members
+    async def on_member_snapshot(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """Enrollment: risk score, the date the member turns 65, termination, care manager."""
+        member: MemberSnapshot = event.data
+        applied = await store.upsert_enrollment(
+            uow.conn, member.member_id, event.tenant, risk_score=member.risk_score,
+            turns_65_on=age_65_date(member.birth_date), termination_date=member.termination_date,
+            care_manager_id=member.care_manager_id, fact_time=event.time,
+        )
+        if not applied:
+            return
+        if member.termination_date is not None:
+            await self._disenroll(uow, event, member.member_id, member.termination_date)
+        await self._refresh_owner(uow, member.member_id)
+        await self._refresh_priority(uow, member.member_id, event.time.date())
+
+    async def on_disenrolled(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """HEDIS continuous enrollment: gaps due after the termination date are not applicable."""
+        ended: MemberDisenrolled = event.data
+        await store.set_termination(uow.conn, ended.member_id, event.tenant, ended.termination_date)
+        await self._disenroll(uow, event, ended.member_id, ended.termination_date)
+        await self._refresh_priority(uow, ended.member_id, event.time.date())
+
+    async def on_attribution_changed(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """The care team (gap owner) and the member's organization (worklist scope)."""
+        change: AttributionChanged = event.data
+        by_role: dict[str, Any] = {}
+        for member in change.care_team:
+            by_role.setdefault(member.role, member)
+        pcp = by_role.get("pcp")
+        v1c = by_role.get("v1c_provider")
+        manager = by_role.get("care_manager")
+        team = CareTeam(
+            pcp_npi=change.pcp_npi or (pcp.id if pcp else None),
+            pcp_tin=change.pcp_tin or (pcp.tin if pcp else None),
+            v1c_npi=v1c.id if v1c else None, v1c_tin=v1c.tin if v1c else None,
+            care_manager_id=manager.id if manager else None,
+        )
+        applied = await store.upsert_care_team(
+            uow.conn, change.member_id, event.tenant, pcp_npi=team.pcp_npi, pcp_tin=team.pcp_tin,
+            v1c_npi=team.v1c_npi, v1c_tin=team.v1c_tin, care_manager_id=team.care_manager_id,
+            organization_id=member_organization(team), effective_date=change.effective_date, fact_time=event.time,
+        )
+        if applied:
+            await self._refresh_owner(uow, change.member_id)
+
+    # ----------------------------------------------------------------------- overdue clock
+    async def tick_event_clock(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """Advance the tenant's event clock with this event's time and flag what it made overdue."""
+        now = self._now()
+        live = is_live(event.time, now, self.clock.replay_lag)
+        candidate = advance_event_clock(None, event.time, now, self.clock.max_future_skew)
+        advanced_to = await store.advance_clock(uow.conn, event.tenant, candidate, live)
+        if advanced_to is not None and event_clock_applies(self.clock.mode):
+            await self.sweep(uow, event.tenant, advanced_to, f"event-clock-{event.id}"[:64])
+
+    async def sweep(self, uow: UnitOfWork, tenant: str, clock: datetime, clock_source_id: str) -> int:
+        """Flag open gaps whose due date passed at ``clock`` as overdue (once each) and close
+        readmission watches whose 30 days passed without a readmission. Returns the count."""
+        changed = 0
+        for row in await store.flag_overdue(uow.conn, tenant, clock):
+            uow.publish(CareGapOverdue(
+                gap_id=row["gap_id"], member_id=row["member_id"], measure=GapMeasure(row["measure"]),
+                encounter_id=row["encounter_id"], due_date=row["due_date"], detected_at=clock,
+                owner=_owner_model(row["owner_role"], row["owner_id"]),
+            ), subject=row["member_id"], time=clock)
+            changed += 1
+        for row in await store.expired_watches(uow.conn, tenant, clock):
+            closed = await store.close_gap(uow.conn, row["gap_id"], closed_at=row["overdue_at"],
+                                           closing_event_id=clock_source_id, closing_rule=NO_READMISSION_RULE,
+                                           allowed_statuses=("open",))
+            if closed is not None:
+                self._publish_closed(uow, closed)
+                changed += 1
+        return changed
+
+    # ----------------------------------------------------------------------- internals
+    async def _encounter(self, uow: UnitOfWork, event: CloudEvent[Any], encounter_id: str, member_id: str,
+                         patient_class: PatientClass) -> asyncpg.Record:
+        if event.subject != member_id:
+            raise Rejected("subject_mismatch", "the envelope subject is not the encounter's member id")
+        encounter = await store.ensure_encounter(uow.conn, encounter_id, member_id, event.tenant,
+                                                 patient_class.value)
+        if encounter["member_id"] != member_id:
+            raise Rejected("encounter_member_mismatch", "the encounter id is known for another member")
+        return encounter
+
+    async def _reconcile_gaps(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str,
+                              facts: DischargeFacts, windows: Iterable[Any], retract_reason: str,
+                              member: asyncpg.Record | None) -> list[str]:
+        """Make the encounter's gaps match the plan: open new ones, re-window changed open ones,
+        retract active ones the plan no longer contains. Returns ids to announce as opened."""
+        existing = await store.gaps_of_encounter(uow.conn, facts.encounter_id)
+        owner: Owner = gap_owner(_care_team(member))
+        offset = _offset_of(facts.discharged_at)
+        to_announce: list[str] = []
+        planned: set[str] = set()
+        for window in windows:
+            planned.add(window.measure.value)
+            row = existing.get(window.measure.value)
+            unchanged = (row is not None and row["window_start"] == window.window_start
+                         and row["due_date"] == window.due_date and row["discharged_at"] == facts.discharged_at
+                         and row["measure_version"] == self.config.version)
+            if row is not None and (row["status"] == "closed" or (row["status"] in store.ACTIVE and unchanged)):
+                continue  # closed stays closed; an identical resend changes nothing
+            if row is not None and row["status"] == "not_applicable" and row["not_applicable_reason"] == "readmitted":
+                continue  # a later readmission retired it; HEDIS counts the later discharge
+            gid = gap_id(facts.encounter_id, window.measure)
+            await store.open_gap(uow.conn, store.NewGap(
+                gap_id=gid, tenant=event.tenant, member_id=member_id, encounter_id=facts.encounter_id,
+                measure=window.measure.value, measure_version=self.config.version,
+                discharged_at=facts.discharged_at, window_start=window.window_start, due_date=window.due_date,
+                overdue_at=overdue_at(window.due_date, offset), owner_role=owner.role, owner_id=owner.id,
+                opened_event_id=event.id,
+            ))
+            to_announce.append(gid)
+        stale = [row["gap_id"] for measure, row in existing.items()
+                 if measure not in planned and row["status"] in store.ACTIVE]
+        if stale:
+            await self._retract(uow, event, stale, retract_reason)
+        if to_announce:
+            await self._close_with_evidence(uow, event, member_id, only=set(to_announce), announce_first=to_announce)
+        return to_announce
+
+    async def _close_with_evidence(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str,
+                                   only: set[str] | None = None, announce_first: list[str] | None = None) -> None:
+        """Close active gaps of the member that stored evidence satisfies (earliest evidence wins)."""
+        gaps = [g for g in await store.active_gaps_of_member(uow.conn, member_id)
+                if g["measure"] != GapMeasure.READMISSION_WATCH.value and (only is None or g["gap_id"] in only)]
+        announced = False
+        if announce_first:
+            await self._refresh_priority(uow, member_id, event.time.date())
+            rows = {g["gap_id"]: g for g in await store.active_gaps_of_member(uow.conn, member_id)}
+            for gid in announce_first:
+                if gid in rows:
+                    self._publish_opened_row(uow, event, rows[gid])
+            announced = True
+        if not gaps:
+            return
+        start = min(g["window_start"] for g in gaps)
+        end = max(g["due_date"] for g in gaps)
+        evidence = await store.member_evidence(uow.conn, member_id, start, end)
+        closed_any = False
+        for gap in gaps:
+            measure = GapMeasure(gap["measure"])
+            for item, occurred_at in evidence:
+                rule = evidence_closes(measure, gap["window_start"], gap["due_date"], item, self.config)
+                if rule is None:
+                    continue
+                closed = await store.close_gap(uow.conn, gap["gap_id"], closed_at=occurred_at,
+                                               closing_event_id=item.source_event_id, closing_rule=rule)
+                if closed is not None:
+                    self._publish_closed(uow, closed)
+                    closed_any = True
+                break
+        if closed_any or not announced:
+            await self._refresh_priority(uow, member_id, event.time.date())
+
+    async def _apply_readmission(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str,
+                                 admission_encounter_id: str, admitted_at: datetime, admission_event_id: str) -> None:
+        """HEDIS PCR/TRC: an inpatient admission within 30 days of the last discharge closes that
+        discharge's watch as a readmission (unless planned) and retires its follow-up gaps."""
+        prior = [PriorDischarge(r["encounter_id"], r["discharged_at"], r["disposition"])
+                 for r in await store.member_discharges(uow.conn, member_id)]
+        index = index_discharge_for(admission_encounter_id, admitted_at, prior, self.config)
+        if index is None:
+            return
+        gaps = await store.gaps_of_encounter(uow.conn, index.encounter_id)
+        follow_ups = [row["gap_id"] for m, row in gaps.items()
+                      if m != GapMeasure.READMISSION_WATCH.value and row["status"] in store.ACTIVE]
+        if follow_ups:
+            await self._retract(uow, event, follow_ups, "readmitted")
+        watch = gaps.get(GapMeasure.READMISSION_WATCH.value)
+        if watch is None or is_planned(index, self.config):
+            return
+        if watch["status"] == "closed" and watch["closing_rule"] != NO_READMISSION_RULE:
+            return
+        closed = await store.close_gap(uow.conn, watch["gap_id"], closed_at=admitted_at,
+                                       closing_event_id=admission_event_id, closing_rule=UNPLANNED_READMISSION_RULE,
+                                       allowed_statuses=("open", "overdue", "closed"))
+        if closed is not None:
+            self._publish_closed(uow, closed)
+        await self._refresh_priority(uow, member_id, event.time.date())
+
+    async def _retract_encounter(self, uow: UnitOfWork, event: CloudEvent[Any], encounter_id: str,
+                                 reason: str) -> None:
+        gaps = await store.gaps_of_encounter(uow.conn, encounter_id)
+        ids = [row["gap_id"] for row in gaps.values() if row["status"] != "not_applicable"]
+        if ids:
+            await self._retract(uow, event, ids, reason, statuses=("open", "overdue", "closed"))
+
+    async def _retract(self, uow: UnitOfWork, event: CloudEvent[Any], gap_ids: list[str], reason: str,
+                       statuses: tuple[str, ...] = store.ACTIVE) -> None:
+        rows = await store.mark_not_applicable(uow.conn, gap_ids, reason, statuses)
+        published_reason = reason if reason in _CONTRACT_REASONS else "encounter_cancelled"
+        member_ids = set()
+        for row in sorted(rows, key=lambda r: r["gap_id"]):
+            uow.publish(CareGapNotApplicable(
+                gap_id=row["gap_id"], member_id=row["member_id"], measure=GapMeasure(row["measure"]),
+                encounter_id=row["encounter_id"], reason=published_reason,  # type: ignore[arg-type]
+            ), subject=row["member_id"], time=event.time)
+            member_ids.add(row["member_id"])
+        for member_id in member_ids:
+            await self._refresh_priority(uow, member_id, event.time.date())
+
+    async def _disenroll(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str, termination: date) -> None:
+        active = await store.active_gaps_of_member(uow.conn, member_id)
+        ids = [g["gap_id"] for g in active if g["due_date"] > termination]
+        if ids:
+            await self._retract(uow, event, ids, "disenrolled")
+
+    async def _refresh_owner(self, uow: UnitOfWork, member_id: str) -> None:
+        owner = gap_owner(_care_team(await store.get_member(uow.conn, member_id)))
+        await store.set_member_owner(uow.conn, member_id, owner.role, owner.id)
+
+    async def _refresh_priority(self, uow: UnitOfWork, member_id: str, as_of: date) -> float:
+        member = await store.get_member(uow.conn, member_id)
+        active = await store.active_gaps_of_member(uow.conn, member_id)
+        open_count = sum(1 for g in active if g["measure"] != GapMeasure.READMISSION_WATCH.value)
+        turns_65_on = member["turns_65_on"] if member else None
+        priority = gap_priority(
+            member["risk_score"] if member else 0.0,
+            turns_65_on is not None and turns_65_on <= as_of,
+            open_count, self.config,
+        )
+        await store.set_member_priority(uow.conn, member_id, priority)
+        return priority
+
+    def _publish_opened_row(self, uow: UnitOfWork, event: CloudEvent[Any], row: asyncpg.Record) -> None:
+        uow.publish(CareGapOpened(
+            gap_id=row["gap_id"], member_id=row["member_id"], measure=GapMeasure(row["measure"]),
+            encounter_id=row["encounter_id"], discharged_at=row["discharged_at"],
+            window_start=row["window_start"], due_date=row["due_date"],
+            owner=_owner_model(row["owner_role"], row["owner_id"]), priority=row["priority"],
+            measure_version=row["measure_version"],
+        ), subject=row["member_id"], time=event.time)
+
+    def _publish_closed(self, uow: UnitOfWork, row: asyncpg.Record) -> None:
+        uow.publish(CareGapClosed(
+            gap_id=row["gap_id"], member_id=row["member_id"], measure=GapMeasure(row["measure"]),
+            encounter_id=row["encounter_id"], closed_at=row["closed_at"],
+            closing_event_id=row["closing_event_id"], closing_rule=row["closing_rule"],
+        ), subject=row["member_id"], time=row["closed_at"])
+
+
+__all__ = ["CareGapsUseCases", "ClockPolicy"]

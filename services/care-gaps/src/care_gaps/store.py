@@ -1,0 +1,310 @@
+"""asyncpg repository for the ``care_gaps`` schema (members, encounters, gaps, evidence, clocks).
+
+Every function takes the connection of the caller's transaction (``uow.conn`` in a
+handler, a pool connection in the API): the repository never commits on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+
+from .domain.evidence import Evidence
+
+ACTIVE = ("open", "overdue")
+
+_GAP_COLUMNS = (
+    "gap_id, tenant, member_id, encounter_id, measure, measure_version, discharged_at, window_start, due_date,"
+    " overdue_at, status, owner_role, owner_id, priority, opened_event_id, closed_at, closing_event_id,"
+    " closing_rule, overdue_detected_at, not_applicable_reason, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class NewGap:
+    gap_id: str
+    tenant: str
+    member_id: str
+    encounter_id: str
+    measure: str
+    measure_version: str
+    discharged_at: datetime
+    window_start: date
+    due_date: date
+    overdue_at: datetime
+    owner_role: str
+    owner_id: str | None
+    opened_event_id: str
+
+
+# --------------------------------------------------------------------------- members
+async def get_member(conn: asyncpg.Connection, member_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM members WHERE member_id = $1", member_id)
+
+
+async def upsert_enrollment(conn: asyncpg.Connection, member_id: str, tenant: str, *, risk_score: float,
+                            turns_65_on: date | None, termination_date: date | None, care_manager_id: str | None,
+                            fact_time: datetime) -> bool:
+    """Apply an enrollment snapshot unless a newer one was applied; True when applied."""
+    status = await conn.execute(
+        "INSERT INTO members(member_id, tenant, risk_score, turns_65_on, termination_date,"
+        " enrollment_care_manager_id, enrollment_fact_time) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        " ON CONFLICT (member_id) DO UPDATE SET risk_score = excluded.risk_score,"
+        " turns_65_on = excluded.turns_65_on, termination_date = excluded.termination_date,"
+        " enrollment_care_manager_id = excluded.enrollment_care_manager_id,"
+        " enrollment_fact_time = excluded.enrollment_fact_time"
+        " WHERE members.enrollment_fact_time IS NULL OR members.enrollment_fact_time <= excluded.enrollment_fact_time",
+        member_id, tenant, risk_score, turns_65_on, termination_date, care_manager_id, fact_time,
+    )
+    return status.endswith(" 1")
+
+
+async def set_termination(conn: asyncpg.Connection, member_id: str, tenant: str, termination_date: date) -> None:
+    await conn.execute(
+        "INSERT INTO members(member_id, tenant, termination_date) VALUES ($1, $2, $3)"
+        " ON CONFLICT (member_id) DO UPDATE SET termination_date = excluded.termination_date",
+        member_id, tenant, termination_date,
+    )
+
+
+async def upsert_care_team(conn: asyncpg.Connection, member_id: str, tenant: str, *, pcp_npi: str | None,
+                           pcp_tin: str | None, v1c_npi: str | None, v1c_tin: str | None,
+                           care_manager_id: str | None, organization_id: str | None, effective_date: date,
+                           fact_time: datetime) -> bool:
+    """Apply an attribution snapshot unless a later one (effective date, then event time) is known."""
+    status = await conn.execute(
+        "INSERT INTO members(member_id, tenant, pcp_npi, pcp_tin, v1c_npi, v1c_tin, team_care_manager_id,"
+        " organization_id, attribution_effective_date, attribution_fact_time)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " ON CONFLICT (member_id) DO UPDATE SET pcp_npi = excluded.pcp_npi, pcp_tin = excluded.pcp_tin,"
+        " v1c_npi = excluded.v1c_npi, v1c_tin = excluded.v1c_tin,"
+        " team_care_manager_id = excluded.team_care_manager_id, organization_id = excluded.organization_id,"
+        " attribution_effective_date = excluded.attribution_effective_date,"
+        " attribution_fact_time = excluded.attribution_fact_time"
+        " WHERE members.attribution_effective_date IS NULL"
+        " OR (members.attribution_effective_date, members.attribution_fact_time)"
+        " <= (excluded.attribution_effective_date, excluded.attribution_fact_time)",
+        member_id, tenant, pcp_npi, pcp_tin, v1c_npi, v1c_tin, care_manager_id, organization_id,
+        effective_date, fact_time,
+    )
+    return status.endswith(" 1")
+
+
+# --------------------------------------------------------------------------- encounters
+async def get_encounter(conn: asyncpg.Connection, encounter_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM encounters WHERE encounter_id = $1", encounter_id)
+
+
+async def ensure_encounter(conn: asyncpg.Connection, encounter_id: str, member_id: str, tenant: str,
+                           patient_class: str) -> asyncpg.Record:
+    """The encounter row, created with its first known patient class if new."""
+    return await conn.fetchrow(
+        "INSERT INTO encounters(encounter_id, member_id, tenant, patient_class) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (encounter_id) DO UPDATE SET encounter_id = excluded.encounter_id RETURNING *",
+        encounter_id, member_id, tenant, patient_class,
+    )
+
+
+async def update_encounter(conn: asyncpg.Connection, encounter_id: str, **columns: Any) -> None:
+    names = list(columns)
+    assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
+    await conn.execute(f"UPDATE encounters SET {assignments} WHERE encounter_id = $1",
+                       encounter_id, *(columns[n] for n in names))
+
+
+async def member_discharges(conn: asyncpg.Connection, member_id: str) -> list[asyncpg.Record]:
+    """Known, not cancelled discharges of a member."""
+    return await conn.fetch(
+        "SELECT encounter_id, discharged_at, disposition FROM encounters WHERE member_id = $1"
+        " AND discharged_at IS NOT NULL AND admit_cancelled_at IS NULL"
+        " AND (discharge_cancelled_at IS NULL OR discharged_at > discharge_cancelled_at)",
+        member_id,
+    )
+
+
+async def inpatient_admissions_after(conn: asyncpg.Connection, member_id: str, after: datetime) -> list[asyncpg.Record]:
+    """Not cancelled inpatient admissions of a member that started after ``after``."""
+    return await conn.fetch(
+        "SELECT encounter_id, inpatient_since, admit_event_id FROM encounters WHERE member_id = $1"
+        " AND inpatient_since > $2 AND admit_cancelled_at IS NULL ORDER BY inpatient_since",
+        member_id, after,
+    )
+
+
+# --------------------------------------------------------------------------- gaps
+async def gaps_of_encounter(conn: asyncpg.Connection, encounter_id: str) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(f"SELECT {_GAP_COLUMNS} FROM gaps WHERE encounter_id = $1", encounter_id)
+    return {row["measure"]: row for row in rows}
+
+
+async def open_gap(conn: asyncpg.Connection, gap: NewGap) -> None:
+    """Insert a gap as open, or reopen/re-window an existing one (A08 update, a new discharge after a cancel)."""
+    await conn.execute(
+        "INSERT INTO gaps(gap_id, tenant, member_id, encounter_id, measure, measure_version, discharged_at,"
+        " window_start, due_date, overdue_at, status, owner_role, owner_id, opened_event_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'open', $11, $12, $13)"
+        " ON CONFLICT (gap_id) DO UPDATE SET measure_version = excluded.measure_version,"
+        " discharged_at = excluded.discharged_at, window_start = excluded.window_start,"
+        " due_date = excluded.due_date, overdue_at = excluded.overdue_at, status = 'open',"
+        " owner_role = excluded.owner_role, owner_id = excluded.owner_id,"
+        " opened_event_id = excluded.opened_event_id, closed_at = NULL, closing_event_id = NULL,"
+        " closing_rule = NULL, overdue_detected_at = NULL, not_applicable_reason = NULL, updated_at = now()",
+        gap.gap_id, gap.tenant, gap.member_id, gap.encounter_id, gap.measure, gap.measure_version,
+        gap.discharged_at, gap.window_start, gap.due_date, gap.overdue_at, gap.owner_role, gap.owner_id,
+        gap.opened_event_id,
+    )
+
+
+async def close_gap(conn: asyncpg.Connection, gap_id: str, *, closed_at: datetime, closing_event_id: str,
+                    closing_rule: str, allowed_statuses: Sequence[str] = ACTIVE) -> asyncpg.Record | None:
+    """Close a gap if it is in ``allowed_statuses``; returns the closed row, or None."""
+    return await conn.fetchrow(
+        f"UPDATE gaps SET status = 'closed', closed_at = $2, closing_event_id = $3, closing_rule = $4,"
+        f" updated_at = now() WHERE gap_id = $1 AND status = ANY($5::text[]) RETURNING {_GAP_COLUMNS}",
+        gap_id, closed_at, closing_event_id, closing_rule, list(allowed_statuses),
+    )
+
+
+async def mark_not_applicable(conn: asyncpg.Connection, gap_ids: Sequence[str], reason: str,
+                              statuses: Sequence[str] = ACTIVE) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"UPDATE gaps SET status = 'not_applicable', not_applicable_reason = $2, updated_at = now()"
+        f" WHERE gap_id = ANY($1::text[]) AND status = ANY($3::text[]) RETURNING {_GAP_COLUMNS}",
+        list(gap_ids), reason, list(statuses),
+    )
+
+
+async def active_gaps_of_member(conn: asyncpg.Connection, member_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {_GAP_COLUMNS} FROM gaps WHERE member_id = $1 AND status = ANY($2::text[])"
+        " ORDER BY due_date, gap_id",
+        member_id, list(ACTIVE),
+    )
+
+
+async def set_member_priority(conn: asyncpg.Connection, member_id: str, priority: float) -> None:
+    await conn.execute(
+        "UPDATE gaps SET priority = $2 WHERE member_id = $1 AND status = ANY($3::text[]) AND priority <> $2",
+        member_id, priority, list(ACTIVE),
+    )
+
+
+async def set_member_owner(conn: asyncpg.Connection, member_id: str, owner_role: str, owner_id: str | None) -> None:
+    await conn.execute(
+        "UPDATE gaps SET owner_role = $2, owner_id = $3, updated_at = now() WHERE member_id = $1"
+        " AND status = ANY($4::text[]) AND (owner_role, owner_id) IS DISTINCT FROM ($2, $3)",
+        member_id, owner_role, owner_id, list(ACTIVE),
+    )
+
+
+async def flag_overdue(conn: asyncpg.Connection, tenant: str, clock: datetime) -> list[asyncpg.Record]:
+    """Open gaps (not readmission watches) whose due date is over at ``clock``: now overdue, once."""
+    return await conn.fetch(
+        f"UPDATE gaps SET status = 'overdue', overdue_detected_at = $2, updated_at = now()"
+        f" WHERE tenant = $1 AND status = 'open' AND overdue_at <= $2 AND measure <> 'readmission_watch'"
+        f" RETURNING {_GAP_COLUMNS}",
+        tenant, clock,
+    )
+
+
+async def expired_watches(conn: asyncpg.Connection, tenant: str, clock: datetime) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {_GAP_COLUMNS} FROM gaps WHERE tenant = $1 AND status = 'open' AND overdue_at <= $2"
+        " AND measure = 'readmission_watch' ORDER BY gap_id",
+        tenant, clock,
+    )
+
+
+async def tenants_with_open_gaps(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT g.tenant, c.live FROM (SELECT DISTINCT tenant FROM gaps WHERE status = 'open') g"
+        " LEFT JOIN event_clocks c ON c.tenant = g.tenant"
+    )
+
+
+# --------------------------------------------------------------------------- evidence
+async def add_evidence(conn: asyncpg.Connection, member_id: str, claim_id: str | None, occurred_at: datetime,
+                       items: Sequence[Evidence]) -> None:
+    """Store evidence; a resend of the same visit or claim line keeps the first copy."""
+    if not items:
+        return
+    await conn.executemany(
+        "INSERT INTO evidence(evidence_id, member_id, source, source_event_id, claim_id, service_date, occurred_at,"
+        " procedure_codes, diagnosis_codes, rendering_taxonomy, medication_reconciliation, interactive_contact,"
+        " face_to_face_modality) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        " ON CONFLICT (evidence_id) DO NOTHING",
+        [(e.evidence_id, member_id, e.source, e.source_event_id, claim_id, e.service_date, occurred_at,
+          sorted(e.procedure_codes), sorted(e.diagnosis_codes), e.rendering_taxonomy, e.medication_reconciliation,
+          e.interactive_contact, e.face_to_face_modality) for e in items],
+    )
+
+
+async def remove_claim_evidence(conn: asyncpg.Connection, claim_id: str) -> None:
+    await conn.execute("DELETE FROM evidence WHERE claim_id = $1", claim_id)
+
+
+async def member_evidence(conn: asyncpg.Connection, member_id: str, start: date, end: date
+                          ) -> list[tuple[Evidence, datetime]]:
+    rows = await conn.fetch(
+        "SELECT * FROM evidence WHERE member_id = $1 AND service_date BETWEEN $2 AND $3"
+        " ORDER BY service_date, occurred_at, evidence_id",
+        member_id, start, end,
+    )
+    return [(
+        Evidence(
+            evidence_id=r["evidence_id"], source_event_id=r["source_event_id"], source=r["source"],
+            service_date=r["service_date"], procedure_codes=frozenset(r["procedure_codes"]),
+            diagnosis_codes=frozenset(r["diagnosis_codes"]), rendering_taxonomy=r["rendering_taxonomy"],
+            medication_reconciliation=r["medication_reconciliation"], interactive_contact=r["interactive_contact"],
+            face_to_face_modality=r["face_to_face_modality"],
+        ),
+        r["occurred_at"],
+    ) for r in rows]
+
+
+# --------------------------------------------------------------------------- event clock
+async def advance_clock(conn: asyncpg.Connection, tenant: str, clock_time: datetime, live: bool) -> datetime | None:
+    """Move the tenant's event clock forward (and record live/replay); the new time if it advanced."""
+    row = await conn.fetchrow(
+        "WITH previous AS (SELECT clock_time FROM event_clocks WHERE tenant = $1)"
+        " INSERT INTO event_clocks AS c(tenant, clock_time, live) VALUES ($1, $2, $3)"
+        " ON CONFLICT (tenant) DO UPDATE SET clock_time = greatest(c.clock_time, excluded.clock_time),"
+        " live = excluded.live, updated_at = now()"
+        " WHERE c.clock_time < excluded.clock_time OR c.live <> excluded.live"
+        " RETURNING c.clock_time, (SELECT clock_time FROM previous) AS previous_time",
+        tenant, clock_time, live,
+    )
+    if row is None:
+        return None
+    if row["previous_time"] is not None and row["clock_time"] <= row["previous_time"]:
+        return None
+    return row["clock_time"]
+
+
+# --------------------------------------------------------------------------- API reads
+async def gaps_of_member(conn: asyncpg.Connection | asyncpg.Pool, member_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {_GAP_COLUMNS} FROM gaps WHERE member_id = $1 ORDER BY discharged_at DESC, measure", member_id)
+
+
+async def member_organization(conn: asyncpg.Connection | asyncpg.Pool, member_id: str) -> str | None:
+    return await conn.fetchval("SELECT organization_id FROM members WHERE member_id = $1", member_id)
+
+
+async def worklist(conn: asyncpg.Connection | asyncpg.Pool, organization_id: str, *, statuses: Sequence[str],
+                   measure: str | None, limit: int, offset: int) -> tuple[int, list[asyncpg.Record]]:
+    """An organization's gaps ranked by priority (desc), then due date, then gap id."""
+    columns = ", ".join(f"g.{c.strip()}" for c in _GAP_COLUMNS.split(","))
+    where = ("m.organization_id = $1 AND g.status = ANY($2::text[]) AND ($3::text IS NULL OR g.measure = $3)")
+    total = await conn.fetchval(
+        f"SELECT count(*) FROM gaps g JOIN members m ON m.member_id = g.member_id WHERE {where}",
+        organization_id, list(statuses), measure)
+    rows = await conn.fetch(
+        f"SELECT {columns} FROM gaps g JOIN members m ON m.member_id = g.member_id WHERE {where}"
+        " ORDER BY g.priority DESC, g.due_date, g.gap_id LIMIT $4 OFFSET $5",
+        organization_id, list(statuses), measure, limit, offset)
+    return total, rows
