@@ -113,3 +113,21 @@ def test_organization_subscriptions_filter_by_attribution_and_setting(
 def test_an_unknown_rules_version_fails_loudly() -> None:
     with pytest.raises(ValueError, match="unknown alert rules version"):
         rule_set("alerts-1999")
+
+
+def test_a_clinicians_alert_goes_to_their_organizations_care_team_endpoints_only() -> None:
+    from notifications.domain.rules import Recipient, delivery_subscriptions
+
+    pcp = Recipient("1234567893", "pcp", "987654321")
+    subscriptions = [
+        Subscription("S-all", "987654321", audience="care_team", channel="webhook"),
+        Subscription("S-other-doc", "987654321", audience="care_team", channel="webhook", recipient_id="1003000126"),
+        Subscription("S-org", "987654321", audience="organization", channel="webhook"),
+        Subscription("S-elsewhere", "555666777", audience="care_team", channel="webhook"),
+        Subscription("S-fhir", "987654321", audience="care_team", channel="fhir_message"),
+        Subscription("S-inbox", "987654321", audience="care_team", channel="inbox"),
+    ]
+    chosen = delivery_subscriptions(pcp, Kind.ADMIT, "inpatient", subscriptions)
+    assert [s.subscription_id for s in chosen] == ["S-all", "S-fhir"]
+    gap = delivery_subscriptions(pcp, Kind.GAP_OPENED, None, subscriptions)
+    assert [s.subscription_id for s in gap] == ["S-all"], "FHIR message subscriptions carry encounter alerts only"

@@ -162,12 +162,20 @@ class EventParties:
 
 @dataclass(frozen=True)
 class Subscription:
-    """An organization's standing request for alerts on members attributed to it."""
+    """An organization's subscription.
+
+    ``audience="organization"``: "all <kinds> for members attributed to my TIN" — alerts
+    addressed to the organization itself. ``audience="care_team"``: the organization's
+    clinicians' alerts (optionally one clinician's) routed to its endpoint.
+    """
 
     subscription_id: str
     organization_id: str
     kinds: frozenset[str] | None = None  # None: every kind
     patient_classes: frozenset[str] | None = None  # None: every setting
+    audience: str = "organization"
+    channel: str = "inbox"
+    recipient_id: str | None = None
 
 
 def organization_of(entry: CareTeamEntry, payer_organization_id: str) -> str:
@@ -246,7 +254,7 @@ def organization_recipients(
     attributed_tins = {e.tin for e in care_team if e.tin and e.role in ("pcp", "v1c_provider")}
     organizations: list[Recipient] = []
     for subscription in subscriptions:
-        if subscription.organization_id not in attributed_tins:
+        if subscription.audience != "organization" or subscription.organization_id not in attributed_tins:
             continue
         if not subscription_matches(subscription, kind, patient_class):
             continue
@@ -285,3 +293,28 @@ def plan_alerts(
         for recipient in organization_recipients(kind, patient_class, care_team, subscriptions)
     ]
     return planned
+
+
+def delivery_subscriptions(
+    recipient: Recipient, kind: Kind, patient_class: str | None, subscriptions: Sequence[Subscription]
+) -> list[Subscription]:
+    """The push subscriptions (webhook, FHIR message) one alert is delivered through.
+
+    Organization alerts go to the organization's ``organization`` subscriptions; clinicians'
+    and care managers' alerts to their organization's ``care_team`` subscriptions (all of
+    its clinicians, or the one named). FHIR message subscriptions only carry encounter kinds.
+    """
+    wanted_audience = "organization" if recipient.role == "organization" else "care_team"
+    chosen = []
+    for subscription in subscriptions:
+        if subscription.channel not in ("webhook", "fhir_message"):
+            continue
+        if subscription.organization_id != recipient.organization_id or subscription.audience != wanted_audience:
+            continue
+        if subscription.recipient_id is not None and subscription.recipient_id != recipient.recipient_id:
+            continue
+        if subscription.channel == "fhir_message" and kind not in ENCOUNTER_KINDS:
+            continue
+        if subscription_matches(subscription, kind, patient_class):
+            chosen.append(subscription)
+    return chosen

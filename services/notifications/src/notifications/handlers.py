@@ -1,0 +1,275 @@
+"""Use cases: each runs once per consumed event inside the batch transaction (a savepoint each).
+
+The flow for every alerting event: resolve the care team in force at the EVENT's time
+(not processing time), decide kind + recipients with the versioned rules
+(``domain.rules``), cut the content to each recipient's role (``domain.content``), insert
+one alert per (recipient, subject, kind) with the recipient's next sequence number, queue
+its push deliveries, publish ``notification.created`` and NOTIFY the live inbox streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from cth_shared.contracts import CloudEvent
+from cth_shared.contracts.events import (
+    AttributionChanged,
+    CareGapOpened,
+    CareGapOverdue,
+    EncounterAdmitted,
+    EncounterCancelled,
+    EncounterDischarged,
+    EncounterTransferred,
+    NotificationCreated,
+    NotificationKind,
+    ReferralLeakageDetected,
+    ReferralRouted,
+)
+from cth_shared.messaging.consumer import Handler, Rejected
+from cth_shared.messaging.outbox import UnitOfWork
+from opentelemetry import trace
+
+from . import store
+from .domain.content import content_for
+from .domain.rules import (
+    RETRACTED_BY_CANCEL,
+    CareTeamEntry,
+    EventParties,
+    Kind,
+    PlannedAlert,
+    Recipient,
+    RuleSet,
+    delivery_subscriptions,
+    encounter_alert_kind,
+    plan_alerts,
+)
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("notifications")
+
+
+def notification_id_for(organization_id: str, recipient_id: str, subject_key: str, kind: str, retraction: bool) -> str:
+    """Deterministic id: the same fact always names the same alert (also the webhook Idempotency-Key)."""
+    name = f"{organization_id}|{recipient_id}|{subject_key}|{kind}|{int(retraction)}"
+    return "N-" + uuid.uuid5(uuid.NAMESPACE_URL, f"cth:notification:{name}").hex
+
+
+class AlertHandlers:
+    """The handler mapping of the service, closed over its rule set and settings."""
+
+    def __init__(self, rules: RuleSet, *, payer_organization_id: str, readmission_window_days: int) -> None:
+        self.rules = rules
+        self.payer_organization_id = payer_organization_id
+        self.readmission_window = timedelta(days=readmission_window_days)
+
+    def mapping(self) -> Mapping[str, Handler]:
+        return {
+            "attribution.changed": self.on_attribution_changed,
+            "encounter.admitted": self.on_encounter,
+            "encounter.transferred": self.on_encounter,
+            "encounter.discharged": self.on_encounter,
+            "encounter.cancelled": self.on_encounter_cancelled,
+            "care_gap.opened": self.on_care_gap,
+            "care_gap.overdue": self.on_care_gap,
+            "referral.routed": self.on_referral_routed,
+            "referral.leakage_detected": self.on_leakage,
+        }
+
+    # ------------------------------------------------------------------- read model
+    async def on_attribution_changed(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        changed: AttributionChanged = event.data
+        _check_subject(event, changed.member_id)
+        care_team = [m.model_dump(mode="json") for m in changed.care_team]
+        await store.record_care_team(uow.conn, changed.member_id, changed.effective_date, changed.method.value,
+                                     care_team, event.id)
+
+    # ------------------------------------------------------------------- encounters
+    async def on_encounter(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        data: EncounterAdmitted | EncounterTransferred | EncounterDischarged = event.data
+        _check_subject(event, data.member_id)
+        facility = data.facility.model_dump(mode="json")
+        facts: dict[str, Any] = {
+            "member_id": data.member_id, "encounter_id": data.encounter_id, "facility_name": data.facility.name,
+            "facility_npi": data.facility.npi, "patient_class": data.patient_class.value,
+            "attending_npi": data.attending_npi,
+        }
+        parties = EventParties()
+        previous: list[datetime] = []
+        if isinstance(data, EncounterAdmitted):
+            event_time = data.admitted_at
+            await store.upsert_encounter(uow.conn, data.encounter_id, data.member_id, facility,
+                                         data.patient_class.value, admitted_at=data.admitted_at)
+            previous = await store.previous_discharges(uow.conn, data.member_id, data.encounter_id)
+            facts.update(admitted_at=data.admitted_at, diagnoses=_diagnoses(data.diagnoses))
+        elif isinstance(data, EncounterTransferred):
+            event_time = data.transferred_at
+            await store.upsert_encounter(uow.conn, data.encounter_id, data.member_id, facility,
+                                         data.patient_class.value)
+            facts.update(transferred_at=data.transferred_at, to_unit=data.to_unit)
+        else:
+            event_time = data.discharged_at
+            await store.upsert_encounter(uow.conn, data.encounter_id, data.member_id, facility,
+                                         data.patient_class.value, admitted_at=data.admitted_at,
+                                         discharged_at=data.discharged_at)
+            if data.trigger != "A08":
+                await store.record_discharge(uow.conn, data.member_id, data.encounter_id, data.discharged_at)
+            facts.update(admitted_at=data.admitted_at, discharged_at=data.discharged_at,
+                         disposition=data.disposition, discharged_to_npi=data.discharged_to_npi,
+                         diagnoses=_diagnoses(data.diagnoses))
+            parties = EventParties(receiving_npi=data.discharged_to_npi)
+
+        kind = encounter_alert_kind(event.type, data.patient_class.value, data.trigger,
+                                    admitted_at=getattr(data, "admitted_at", None), previous_discharges=previous,
+                                    readmission_window=self.readmission_window)
+        if kind is None:
+            return  # A08: the state is updated above; an update never re-alerts
+        if kind is Kind.READMISSION:
+            prior = await store.last_discharge_before(uow.conn, data.member_id, data.encounter_id, event_time)
+            if prior is not None:
+                facts.update(previous_encounter_id=prior["encounter_id"], previous_discharged_at=prior["discharged_at"])
+        await self._raise(uow, event, kind, data.member_id, event_time, data.encounter_id, data.encounter_id,
+                          data.patient_class.value, facts, parties)
+
+    async def on_encounter_cancelled(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        """A11/A13: retract, to everyone alerted, the admit- or discharge-alerts of the encounter."""
+        cancelled: EncounterCancelled = event.data
+        _check_subject(event, cancelled.member_id)
+        if cancelled.cancels == "discharge":
+            await store.forget_discharge(uow.conn, cancelled.member_id, cancelled.encounter_id)
+        originals = await store.alerts_to_retract(uow.conn, cancelled.encounter_id,
+                                                  sorted(RETRACTED_BY_CANCEL[cancelled.cancels]))
+        if not originals:
+            return
+        organizations = sorted({o["organization_id"] for o in originals})
+        subscriptions = await store.active_subscriptions(uow.conn, organizations)
+        for original in originals:
+            content = dict(_json(original["content"]), cancelled_at=cancelled.cancelled_at.isoformat(),
+                           retraction=True)
+            recipient = Recipient(original["recipient_id"], original["recipient_role"], original["organization_id"])
+            kind = Kind(original["kind"])
+            await self._insert(
+                uow, event,
+                PlannedAlert(recipient, kind, original["priority"], retraction=True),
+                member_id=original["member_id"], subject_key=original["subject_key"],
+                encounter_id=original["encounter_id"], patient_class=original["patient_class"],
+                event_time=cancelled.cancelled_at, due_date=None, content=content,
+                subscriptions=subscriptions, retracts_id=original["notification_id"],
+            )
+            await store.mark_retracted(uow.conn, original["notification_id"], cancelled.cancelled_at)
+
+    # ------------------------------------------------------------------- gaps and referrals
+    async def on_care_gap(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        gap: CareGapOpened | CareGapOverdue = event.data
+        _check_subject(event, gap.member_id)
+        kind = Kind.GAP_OPENED if isinstance(gap, CareGapOpened) else Kind.GAP_OVERDUE
+        facts: dict[str, Any] = {
+            "member_id": gap.member_id, "encounter_id": gap.encounter_id, "gap_id": gap.gap_id,
+            "measure": gap.measure.value, "due_date": gap.due_date.isoformat(),
+        }
+        if isinstance(gap, CareGapOpened):
+            facts.update(window_start=gap.window_start.isoformat(), discharged_at=gap.discharged_at)
+        parties = EventParties(gap_owner=(gap.owner.role, gap.owner.id))
+        await self._raise(uow, event, kind, gap.member_id, event.time, f"gap:{gap.gap_id}", gap.encounter_id, None,
+                          facts, parties, due_date=gap.due_date)
+
+    async def on_referral_routed(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        routed: ReferralRouted = event.data
+        _check_subject(event, routed.member_id)
+        facts = {
+            "member_id": routed.member_id, "referral_id": routed.referral_id,
+            "service_category": routed.service_category.value, "origin": routed.origin,
+            "encounter_id": routed.encounter_id, "chosen_npi": routed.chosen.npi, "chosen_tin": routed.chosen.tin,
+        }
+        await self._raise(uow, event, Kind.REFERRAL_ROUTED, routed.member_id, event.time,
+                          f"referral:{routed.referral_id}", routed.encounter_id, None, facts,
+                          EventParties(ordering_npi=routed.ordering_npi))
+
+    async def on_leakage(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+        leak: ReferralLeakageDetected = event.data
+        _check_subject(event, leak.member_id)
+        facts = {
+            "member_id": leak.member_id, "referral_id": leak.referral_id,
+            "service_category": leak.service_category.value, "routed_npi": leak.routed_npi,
+            "actual_npi": leak.actual_npi, "leakage_kind": leak.leakage_kind, "occurred_on": leak.occurred_on,
+        }
+        await self._raise(uow, event, Kind.LEAKAGE, leak.member_id, event.time, f"referral:{leak.referral_id}", None,
+                          None, facts, EventParties(ordering_npi=leak.ordering_npi))
+
+    # ------------------------------------------------------------------- common path
+    async def _raise(
+        self, uow: UnitOfWork, event: CloudEvent[Any], kind: Kind, member_id: str, event_time: datetime,
+        subject_key: str, encounter_id: str | None, patient_class: str | None, facts: dict[str, Any],
+        parties: EventParties, due_date: date | None = None,
+    ) -> None:
+        with _tracer.start_as_current_span("notifications.plan_alerts", attributes={"cth.alert_kind": kind.value}):
+            care_team = await store.care_team_at(uow.conn, member_id, event_time.date())
+            organizations = _organizations(care_team, self.payer_organization_id)
+            subscriptions = await store.active_subscriptions(uow.conn, organizations)
+            planned = plan_alerts(self.rules, kind, patient_class, care_team, parties, subscriptions,
+                                  self.payer_organization_id)
+        for alert in planned:
+            all_facts = dict(facts, kind=kind.value, priority=alert.priority, event_time=event_time)
+            content = _jsonable(content_for(alert.recipient.role, all_facts))
+            await self._insert(uow, event, alert, member_id=member_id, subject_key=subject_key,
+                               encounter_id=encounter_id, patient_class=patient_class, event_time=event_time,
+                               due_date=due_date, content=content, subscriptions=subscriptions)
+
+    async def _insert(
+        self, uow: UnitOfWork, event: CloudEvent[Any], alert: PlannedAlert, *, member_id: str, subject_key: str,
+        encounter_id: str | None, patient_class: str | None, event_time: datetime, due_date: date | None,
+        content: dict[str, Any], subscriptions: Sequence[Any], retracts_id: str | None = None,
+    ) -> None:
+        recipient = alert.recipient
+        notification_id = notification_id_for(recipient.organization_id, recipient.recipient_id, subject_key,
+                                              alert.kind.value, alert.retraction)
+        sequence = await store.insert_notification(uow.conn, store.NewNotification(
+            notification_id=notification_id, organization_id=recipient.organization_id,
+            recipient_id=recipient.recipient_id, recipient_role=recipient.role, member_id=member_id,
+            kind=alert.kind.value, priority=alert.priority, retraction=alert.retraction, retracts_id=retracts_id,
+            subject_key=subject_key, encounter_id=encounter_id, patient_class=patient_class, event_time=event_time,
+            due_date=due_date, content=content, source_event_id=event.id, rules_version=self.rules.version,
+        ))
+        if sequence is None:
+            return  # this recipient already has this alert: a resend, a replay or a second instance of the fact
+        targets = delivery_subscriptions(recipient, alert.kind, patient_class, subscriptions)
+        await store.queue_deliveries(uow.conn, notification_id, recipient.organization_id, member_id,
+                                     [t.subscription_id for t in targets])
+        await store.announce(uow.conn, "created", notification_id, recipient.organization_id, recipient.recipient_id)
+        uow.publish(NotificationCreated(
+            notification_id=notification_id, member_id=member_id, recipient_id=recipient.recipient_id,
+            recipient_role=_contract_role(recipient.role), organization_id=recipient.organization_id,
+            kind=NotificationKind(alert.kind.value), priority=alert.priority, encounter_id=encounter_id,
+            sequence=sequence, retraction=alert.retraction, source_event_id=event.id,
+        ), subject=member_id, time=event_time)
+
+
+def _check_subject(event: CloudEvent[Any], member_id: str) -> None:
+    if event.subject != member_id:
+        # The subject is the partition key: a mismatch would break per-member ordering.
+        raise Rejected("subject_mismatch", "envelope subject differs from data.member_id")
+
+
+def _organizations(care_team: Sequence[CareTeamEntry], payer_organization_id: str) -> list[str]:
+    return sorted({e.tin for e in care_team if e.tin} | {payer_organization_id})
+
+
+def _diagnoses(diagnoses: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"code": d.code, "primary": d.primary} for d in diagnoses]
+
+
+def _contract_role(role: str) -> Any:
+    # The contract has no "ordering_provider" role: the ordering clinician is a treating provider.
+    return "receiving_provider" if role == "ordering_provider" else role
+
+
+def _jsonable(content: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime | date) else v) for k, v in content.items()}
+
+
+def _json(raw: Any) -> dict[str, Any]:
+    return json.loads(raw) if isinstance(raw, str) else dict(raw)

@@ -1,0 +1,203 @@
+"""asyncpg repository for the ``notifications`` schema (unqualified names: search_path is set)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+
+from .domain.rules import CareTeamEntry, Subscription
+
+NEW_ALERT_CHANNEL = "cth_notifications"  # LISTEN/NOTIFY channel: delivered to listeners on commit
+
+
+# --------------------------------------------------------------------------- care team
+async def record_care_team(
+    conn: asyncpg.Connection, member_id: str, effective_from: date, method: str,
+    care_team: Sequence[dict[str, Any]], source_event_id: str,
+) -> None:
+    """Upsert a snapshot and re-derive every effective_to of the member (order of arrival is irrelevant)."""
+    await conn.execute(
+        "INSERT INTO care_team_history(member_id, effective_from, method, care_team, source_event_id)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5)"
+        " ON CONFLICT (member_id, effective_from) DO UPDATE SET method = excluded.method,"
+        " care_team = excluded.care_team, source_event_id = excluded.source_event_id, recorded_at = now()",
+        member_id, effective_from, method, json.dumps(list(care_team)), source_event_id,
+    )
+    await conn.execute(
+        "UPDATE care_team_history h SET effective_to = n.next_from"
+        " FROM (SELECT effective_from, lead(effective_from) OVER (ORDER BY effective_from) AS next_from"
+        "       FROM care_team_history WHERE member_id = $1) n"
+        " WHERE h.member_id = $1 AND h.effective_from = n.effective_from"
+        " AND h.effective_to IS DISTINCT FROM n.next_from",
+        member_id,
+    )
+
+
+async def care_team_at(conn: asyncpg.Connection, member_id: str, on: date) -> list[CareTeamEntry]:
+    """The care team in force on ``on`` (the event's date), empty when none was known then."""
+    raw = await conn.fetchval(
+        "SELECT care_team FROM care_team_history WHERE member_id = $1 AND effective_from <= $2"
+        " AND (effective_to IS NULL OR effective_to > $2) ORDER BY effective_from DESC LIMIT 1",
+        member_id, on,
+    )
+    if raw is None:
+        return []
+    return [CareTeamEntry(m["role"], m["id"], m.get("tin")) for m in json.loads(raw)]
+
+
+# --------------------------------------------------------------------------- encounters
+async def upsert_encounter(
+    conn: asyncpg.Connection, encounter_id: str, member_id: str, facility: dict[str, Any], patient_class: str,
+    admitted_at: datetime | None = None, discharged_at: datetime | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO encounters(encounter_id, member_id, facility, patient_class, admitted_at, discharged_at)"
+        " VALUES ($1, $2, $3::jsonb, $4, $5, $6)"
+        " ON CONFLICT (encounter_id) DO UPDATE SET facility = excluded.facility,"
+        " patient_class = excluded.patient_class,"
+        " admitted_at = coalesce(excluded.admitted_at, encounters.admitted_at),"
+        " discharged_at = coalesce(excluded.discharged_at, encounters.discharged_at), updated_at = now()",
+        encounter_id, member_id, json.dumps(facility), patient_class, admitted_at, discharged_at,
+    )
+
+
+async def previous_discharges(conn: asyncpg.Connection, member_id: str, encounter_id: str) -> list[datetime]:
+    rows = await conn.fetch(
+        "SELECT discharged_at FROM member_discharges WHERE member_id = $1 AND encounter_id <> $2",
+        member_id, encounter_id,
+    )
+    return [r["discharged_at"] for r in rows]
+
+
+async def last_discharge_before(
+    conn: asyncpg.Connection, member_id: str, encounter_id: str, before: datetime
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT encounter_id, discharged_at FROM member_discharges WHERE member_id = $1 AND encounter_id <> $2"
+        " AND discharged_at <= $3 ORDER BY discharged_at DESC LIMIT 1",
+        member_id, encounter_id, before,
+    )
+
+
+async def record_discharge(
+    conn: asyncpg.Connection, member_id: str, encounter_id: str, discharged_at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO member_discharges(member_id, encounter_id, discharged_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (member_id, encounter_id) DO UPDATE SET discharged_at = excluded.discharged_at",
+        member_id, encounter_id, discharged_at,
+    )
+
+
+async def forget_discharge(conn: asyncpg.Connection, member_id: str, encounter_id: str) -> None:
+    await conn.execute("DELETE FROM member_discharges WHERE member_id = $1 AND encounter_id = $2",
+                       member_id, encounter_id)
+
+
+# --------------------------------------------------------------------------- subscriptions
+def _subscription(row: asyncpg.Record) -> Subscription:
+    return Subscription(
+        subscription_id=row["subscription_id"], organization_id=row["organization_id"],
+        kinds=frozenset(row["kinds"]) if row["kinds"] is not None else None,
+        patient_classes=frozenset(row["patient_classes"]) if row["patient_classes"] is not None else None,
+        audience=row["audience"], channel=row["channel"], recipient_id=row["recipient_id"],
+    )
+
+
+async def active_subscriptions(conn: asyncpg.Connection, organization_ids: Sequence[str]) -> list[Subscription]:
+    rows = await conn.fetch(
+        "SELECT * FROM subscriptions WHERE active AND organization_id = ANY($1::text[]) ORDER BY created_at",
+        list(organization_ids),
+    )
+    return [_subscription(r) for r in rows]
+
+
+# --------------------------------------------------------------------------- notifications
+@dataclass(frozen=True)
+class NewNotification:
+    notification_id: str
+    organization_id: str
+    recipient_id: str
+    recipient_role: str
+    member_id: str
+    kind: str
+    priority: str
+    retraction: bool
+    retracts_id: str | None
+    subject_key: str
+    encounter_id: str | None
+    patient_class: str | None
+    event_time: datetime
+    due_date: date | None
+    content: dict[str, Any]
+    source_event_id: str
+    rules_version: str
+
+
+async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> int | None:
+    """Insert an alert and give it the recipient's next sequence number; None if it already exists.
+
+    The alert row goes first (ON CONFLICT DO NOTHING), the counter second: a duplicate never
+    consumes a number, so sequences stay gapless.
+    """
+    inserted = await conn.fetchval(
+        "INSERT INTO notifications(notification_id, organization_id, recipient_id, recipient_role, member_id, kind,"
+        " priority, retraction, retracts_id, subject_key, encounter_id, patient_class, event_time, due_date, content,"
+        " source_event_id, rules_version)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15::jsonb,$16,$17)"
+        " ON CONFLICT DO NOTHING RETURNING notification_id",
+        n.notification_id, n.organization_id, n.recipient_id, n.recipient_role, n.member_id, n.kind, n.priority,
+        n.retraction, n.retracts_id, n.subject_key, n.encounter_id, n.patient_class, n.event_time, n.due_date,
+        json.dumps(n.content, default=str), n.source_event_id, n.rules_version,
+    )
+    if inserted is None:
+        return None
+    return await conn.fetchval(
+        "WITH next AS ("
+        "  INSERT INTO recipient_sequences(organization_id, recipient_id, last_sequence) VALUES ($1, $2, 1)"
+        "  ON CONFLICT (organization_id, recipient_id)"
+        "  DO UPDATE SET last_sequence = recipient_sequences.last_sequence + 1 RETURNING last_sequence)"
+        " UPDATE notifications SET sequence = next.last_sequence FROM next WHERE notification_id = $3"
+        " RETURNING sequence",
+        n.organization_id, n.recipient_id, n.notification_id,
+    )
+
+
+async def alerts_to_retract(conn: asyncpg.Connection, subject_key: str, kinds: Sequence[str]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT * FROM notifications WHERE subject_key = $1 AND kind = ANY($2::text[]) AND NOT retraction"
+        " AND retracted_at IS NULL ORDER BY organization_id, recipient_id FOR UPDATE",
+        subject_key, list(kinds),
+    )
+
+
+async def mark_retracted(conn: asyncpg.Connection, notification_id: str, retracted_at: datetime) -> None:
+    await conn.execute("UPDATE notifications SET retracted_at = $2 WHERE notification_id = $1", notification_id,
+                       retracted_at)
+
+
+async def queue_deliveries(
+    conn: asyncpg.Connection, notification_id: str, organization_id: str, member_id: str,
+    subscription_ids: Sequence[str],
+) -> None:
+    """One pending delivery per push subscription (endpoint copied: later edits don't reroute history)."""
+    if not subscription_ids:
+        return
+    await conn.execute(
+        "INSERT INTO deliveries(notification_id, subscription_id, organization_id, member_id, channel, endpoint_url)"
+        " SELECT $1, s.subscription_id, $2, $3, s.channel, s.endpoint_url FROM subscriptions s"
+        " WHERE s.subscription_id = ANY($4::text[]) ON CONFLICT DO NOTHING",
+        notification_id, organization_id, member_id, list(subscription_ids),
+    )
+
+
+async def announce(conn: asyncpg.Connection, event: str, notification_id: str, organization_id: str,
+                   recipient_id: str) -> None:
+    """NOTIFY listeners (the SSE streams); Postgres delivers it only if and when this transaction commits."""
+    payload = json.dumps({"event": event, "id": notification_id, "org": organization_id, "recipient": recipient_id})
+    await conn.execute("SELECT pg_notify($1, $2)", NEW_ALERT_CHANNEL, payload)
