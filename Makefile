@@ -4,10 +4,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PACKAGES := -e shared -e services/attribution -e services/referrals -e services/care-gaps -e services/notifications
+PACKAGES := -e shared -e services/attribution -e services/referrals -e services/care-gaps -e "services/notifications[browser-test]"
 SOURCES := requirements-dev.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml)
 
-.PHONY: demo test lint bench stack up down clean
+.PHONY: demo test lint bench stack up down clean browser
+
+# The inbox page's browser test needs Debian's chromium + chromium-driver. Installed when missing and
+# apt-get is usable (root); otherwise the browser tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing chromium + chromium-driver for the browser tests"; \
+	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	      echo "could not install chromium: the browser tests will be skipped"; \
+	    else echo "chromium missing and apt-get not usable: the browser tests will be skipped"; fi; }
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +27,7 @@ $(STAMP): $(SOURCES)
 demo: $(STAMP)
 	$(PY) -m cth_shared.demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
