@@ -23,8 +23,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from math import asin, cos, pi, radians, sin, sqrt
 
-from .geo import haversine_km
+from .geo import EARTH_RADIUS_KM, haversine_km
 from .model import (
     PREFERRED,
     MemberCoverage,
@@ -93,21 +94,49 @@ def _clamp01(value: float) -> float:
     return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
 
 
+#: Kilometres per degree of latitude on the haversine sphere: |delta latitude| x this is a lower
+#: bound of the great-circle distance, a cheap first cut before the haversine itself.
+_KM_PER_DEGREE = EARTH_RADIUS_KM * pi / 180.0
+
+
+class _Scorer:
+    """The weighted components of rule step 2, with the policy's numbers bound once per routing."""
+
+    __slots__ = ("cost_span", "cost_worst", "saturation", "virtual_distance", "w_capacity", "w_cost", "w_distance",
+                 "w_quality", "w_tier")
+
+    def __init__(self, policy: RoutingPolicy) -> None:
+        w = policy.weights
+        self.w_tier, self.w_quality, self.w_cost = w.get("tier", 0.0), w.get("quality", 0.0), w.get("cost", 0.0)
+        self.w_distance, self.w_capacity = w.get("distance", 0.0), w.get("capacity", 0.0)
+        self.cost_worst = policy.cost_index_worst
+        self.cost_span = policy.cost_index_worst - policy.cost_index_best
+        self.saturation = policy.capacity_saturation
+        self.virtual_distance = _clamp01(policy.virtual_distance_score)
+
+    def parts(self, provider: ProviderProfile, tier: str, distance_part: float, spare: int
+              ) -> tuple[float, float, float, float, float]:
+        return (
+            self.w_tier if tier == PREFERRED else 0.0,
+            self.w_quality * _clamp01(provider.quality_score / 5.0),
+            self.w_cost * _clamp01((self.cost_worst - provider.cost_index) / self.cost_span),
+            self.w_distance * distance_part,
+            self.w_capacity * _clamp01(spare / self.saturation),
+        )
+
+
 def score_components(
     provider: ProviderProfile, tier: str, distance_km: float, virtual: bool, spare_capacity: int,
     limit_km: float, policy: RoutingPolicy,
 ) -> dict[str, float]:
-    """The weighted score components of one qualifying provider (rule step 2)."""
-    w = policy.weights
-    distance_part = policy.virtual_distance_score if virtual else 1.0 - distance_km / limit_km if limit_km > 0 else 0.0
-    cost_span = policy.cost_index_worst - policy.cost_index_best
-    return {
-        "tier": round(w.get("tier", 0.0) * (1.0 if tier == PREFERRED else 0.0), 6),
-        "quality": round(w.get("quality", 0.0) * _clamp01(provider.quality_score / 5.0), 6),
-        "cost": round(w.get("cost", 0.0) * _clamp01((policy.cost_index_worst - provider.cost_index) / cost_span), 6),
-        "distance": round(w.get("distance", 0.0) * _clamp01(distance_part), 6),
-        "capacity": round(w.get("capacity", 0.0) * _clamp01(spare_capacity / policy.capacity_saturation), 6),
-    }
+    """The weighted score components of one qualifying provider (rule step 2), rounded to 6 places."""
+    scorer = _Scorer(policy)
+    if virtual:
+        distance_part = scorer.virtual_distance
+    else:
+        distance_part = _clamp01(1.0 - distance_km / limit_km) if limit_km > 0 else 0.0
+    parts = scorer.parts(provider, tier, distance_part, spare_capacity)
+    return {name: round(value, 6) for name, value in zip(SCORE_COMPONENTS, parts, strict=True)}
 
 
 def route(
@@ -123,13 +152,26 @@ def route(
     ``candidates`` may be the whole directory or what an index returned; ``reserved`` holds the
     capacity already reserved per NPI by open referrals. When an index narrowed the directory by
     service, network and geography, ``narrowed`` carries its counts so the reason stays exact.
+    The score is the sum of the unrounded components, rounded to 6 places; the explanation
+    shows each component rounded to 6 places.
     """
     reserved = reserved or {}
     limit_km = policy.distance_limit_km(service_category)
     virtual_allowed = policy.allows_virtual(service_category)
     network_id = member.network_id
+    home_lat, home_lon = member.latitude, member.longitude
+    # The loop below runs once per candidate (hundreds per referral): the scoring arithmetic of
+    # _Scorer.parts is inlined with the policy's numbers in locals.
+    scorer = _Scorer(policy)
+    w_tier, w_distance, virtual_distance = scorer.w_tier, scorer.w_distance, scorer.virtual_distance
+    quality_scale, capacity_scale = scorer.w_quality / 5.0, scorer.w_capacity / scorer.saturation
+    w_capacity, w_quality = scorer.w_capacity, scorer.w_quality
+    cost_scale, cost_worst, w_cost = scorer.w_cost / scorer.cost_span, scorer.cost_worst, scorer.w_cost
+    home_phi, cos_home = radians(home_lat), cos(radians(home_lat))
+    lat_limit_deg = limit_km / _KM_PER_DEGREE
     offering = in_network = reachable = accepting = 0
-    qualified: list[ScoredCandidate] = []
+    # (-score, npi, provider, tier, distance_km or None when reached virtually, spare)
+    qualified: list[tuple[float, str, ProviderProfile, str, float | None, int]] = []
     for provider in candidates:
         if not provider.active or service_category not in provider.services:
             continue
@@ -138,12 +180,17 @@ def route(
         if tier is None:
             continue
         in_network += 1
-        distance_km = haversine_km(member.latitude, member.longitude, provider.latitude, provider.longitude)
-        virtual = False
-        if distance_km > limit_km:
-            if not (virtual_allowed and provider.virtual_capable):
-                continue
-            virtual = True
+        distance_km: float | None = None
+        latitude = provider.latitude
+        if -lat_limit_deg <= latitude - home_lat <= lat_limit_deg:  # lower bound of the distance
+            phi = radians(latitude)
+            half_dlon = radians(provider.longitude - home_lon) / 2
+            a = sin((phi - home_phi) / 2) ** 2 + cos_home * cos(phi) * sin(half_dlon) ** 2
+            distance_km = 2 * EARTH_RADIUS_KM * asin(min(1.0, sqrt(a)))  # haversine, as geo.haversine_km
+            if distance_km > limit_km:
+                distance_km = None
+        if distance_km is None and not (virtual_allowed and provider.virtual_capable):
+            continue
         reachable += 1
         if not provider.accepting:
             continue
@@ -151,15 +198,30 @@ def route(
         spare = provider.capacity - reserved.get(provider.npi, 0)
         if spare <= 0:
             continue
-        components = score_components(provider, tier, distance_km, virtual, spare, limit_km, policy)
-        qualified.append(ScoredCandidate(
-            npi=provider.npi, tin=provider.tin, tier=tier, score=round(sum(components.values()), 6),
-            components=components, distance_km=round(distance_km, 2), virtual=virtual, spare_capacity=spare,
-        ))
+        quality = provider.quality_score * quality_scale
+        cost = (cost_worst - provider.cost_index) * cost_scale
+        score = (
+            (w_tier if tier == PREFERRED else 0.0)
+            + (w_quality if quality > w_quality else quality if quality > 0.0 else 0.0)
+            + (w_cost if cost > w_cost else cost if cost > 0.0 else 0.0)
+            + (w_distance * virtual_distance if distance_km is None else w_distance * (1.0 - distance_km / limit_km))
+            + (w_capacity if spare >= scorer.saturation else spare * capacity_scale)
+        )
+        qualified.append((-round(score, 6), provider.npi, provider, tier, distance_km, spare))
     if not qualified:
         return _unroutable(service_category, limit_km, offering, in_network, reachable, accepting, narrowed)
-    ranked = heapq.nsmallest(policy.max_alternatives + 1, qualified, key=lambda c: (-c.score, c.npi))
-    return Routed(chosen=ranked[0], alternatives=tuple(ranked[1:]), candidates_considered=len(qualified))
+    ranked = heapq.nsmallest(policy.max_alternatives + 1, qualified, key=lambda q: (q[0], q[1]))
+    explained = []
+    for negative_score, npi, provider, tier, distance_km, spare in ranked:
+        virtual = distance_km is None
+        shown_km = haversine_km(home_lat, home_lon, provider.latitude, provider.longitude) if virtual else distance_km
+        assert shown_km is not None
+        explained.append(ScoredCandidate(
+            npi=npi, tin=provider.tin, tier=tier, score=-negative_score,
+            components=score_components(provider, tier, shown_km, virtual, spare, limit_km, policy),
+            distance_km=round(shown_km, 2), virtual=virtual, spare_capacity=spare,
+        ))
+    return Routed(chosen=explained[0], alternatives=tuple(explained[1:]), candidates_considered=len(qualified))
 
 
 def _unroutable(
