@@ -3,10 +3,12 @@ ContractError, never any other exception."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from cth_shared.contracts import CloudEvent, ContractError, parse_event, registered_types
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -189,3 +191,92 @@ def test_an_accepted_mutation_of_finite_values_round_trips_through_its_wire_form
     event = outcome(wire(document))
     if event is not None:
         assert parse_event(event.to_json_bytes()) == event
+
+
+# ---------------------------------------------------------------------------------------------
+# Every contract on its own (the tests above sample types at random), and hostile strings.
+
+PER_TYPE = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+HOSTILE = [
+    "'; DROP TABLE inbox; --",
+    "<script>alert('x')</script>",
+    "\"><img src=x onerror=alert(1)>",
+    "\x00\x01\x1b[31m\x7f",
+    "line\r\nbreak\u2028\u2029",
+    "\u202eevil\u200b",
+    "𝕳𝖊𝖑𝖑𝖔 👩‍⚕️ " * 40,
+    "é" * 5000,
+    "{{7*7}} ${jndi:ldap://x}",
+]
+
+
+def string_paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Paths to every string leaf of a JSON document."""
+    if isinstance(value, str):
+        yield prefix
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            yield from string_paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from string_paths(child, (*prefix, index))
+
+
+@st.composite
+def mutated_example_of(draw: st.DrawFn, name: str) -> Any:
+    document: Any = envelope(name, example(name))
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        candidates = list(paths(document["data"]))
+        if not candidates:
+            break
+        path = draw(st.sampled_from(candidates))
+        parent = document["data"]
+        for step in path[:-1]:
+            parent = parent[step]
+        operation = draw(st.sampled_from(["delete", "replace", "swap_type"]))
+        if operation == "delete":
+            del parent[path[-1]]
+        elif operation == "replace":
+            parent[path[-1]] = draw(json_values)
+        else:
+            parent[path[-1]] = swapped_type(parent[path[-1]])
+    return document
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_every_contract_parses_its_example_and_rejects_mutations_with_a_contract_error(name: str) -> None:
+    event = outcome(wire(envelope(name, example(name))))
+    assert event is not None, f"the example of {name} must parse"
+
+    @PER_TYPE
+    @given(mutated_example_of(name))
+    def check(document: Any) -> None:
+        accepted = outcome(wire(document))
+        if accepted is not None:
+            assert parse_event(accepted.to_json_bytes()) == accepted
+
+    check()
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_hostile_strings_in_any_field_are_rejected_cleanly_or_kept_verbatim(name: str) -> None:
+    base = envelope(name, example(name))
+    leaves = [*string_paths(base["data"], ("data",)), ("subject",), ("source",), ("id",)]
+    for path in leaves:
+        for hostile in HOSTILE:
+            document = copy.deepcopy(base)
+            parent = document
+            for step in path[:-1]:
+                parent = parent[step]
+            parent[path[-1]] = hostile
+            event = outcome(wire(document))
+            if event is None:
+                continue
+            # Accepted: the value travels as data, verbatim, and survives its own wire form.
+            assert parse_event(event.to_json_bytes()) == event
+            dumped = json.loads(event.to_json_bytes())
+            node = dumped
+            for step in path:
+                node = node[step]
+            assert node in (hostile, hostile.strip()), (name, path, node)  # surrounding whitespace may be trimmed
