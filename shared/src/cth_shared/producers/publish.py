@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -90,8 +91,12 @@ class EventPublisher:
             raise PublishError(f"broker did not acknowledge the event ({type(exc).__name__})") from None
         self.acked[event.type] += 1
 
-    async def send(self, event: CloudEvent[Any]) -> None:
-        """Queue one event without waiting for its ack; blocks only while the window is full."""
+    async def send(self, event: CloudEvent[Any], *, on_result: Callable[[str | None], None] | None = None) -> None:
+        """Queue one event without waiting for its ack; blocks only while the window is full.
+
+        ``on_result`` (optional) is called once the outcome is known: with ``None`` when the
+        broker acknowledged the event, otherwise with the error's name.
+        """
         while len(self._in_flight) >= self._window:
             await self._settle(self._in_flight.popleft())
         try:
@@ -108,16 +113,22 @@ class EventPublisher:
         except Exception as exc:
             self.failed += 1
             self.last_error = type(exc).__name__
+            if on_result is not None:
+                on_result(self.last_error)
             return
-        future.add_done_callback(lambda f, kind=event.type: self._count(f, kind))
+        future.add_done_callback(lambda f, kind=event.type: self._count(f, kind, on_result))
         self._in_flight.append(future)
 
-    def _count(self, future: asyncio.Future[Any], kind: str) -> None:
+    def _count(self, future: asyncio.Future[Any], kind: str, on_result: Callable[[str | None], None] | None) -> None:
+        error: str | None = None
         if future.cancelled() or future.exception() is not None:
             self.failed += 1
-            self.last_error = "cancelled" if future.cancelled() else type(future.exception()).__name__
+            error = "cancelled" if future.cancelled() else type(future.exception()).__name__
+            self.last_error = error
         else:
             self.acked[kind] += 1
+        if on_result is not None:
+            on_result(error)
 
     async def _settle(self, future: asyncio.Future[Any]) -> None:
         with contextlib.suppress(Exception):
