@@ -306,6 +306,10 @@ class MllpListener:
                 self._connections[task] = False
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # stop() cancels idle connections; ending normally keeps Python 3.11's stream
+            # callback from logging the cancellation as an unhandled error.
+            pass
         finally:
             self.stats.junk_bytes += frames.junk_bytes
             self._connections.pop(task, None)
