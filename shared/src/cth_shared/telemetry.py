@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from .settings import StackSettings
@@ -67,6 +69,20 @@ class JsonLinesSpanExporter(SpanExporter):
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+class QueryRedactingSpanProcessor(SpanProcessor):
+    """Blanks every query-string value on HTTP server spans (``url.query``), keeping the names.
+
+    FastAPI's native telemetry records the query string; ours carries bearer material (the
+    inbox stream ``ticket``) and filters. Registered first, so every exporter sees the redacted form.
+    """
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        query = (span.attributes or {}).get("url.query")
+        if isinstance(query, str) and query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            span.set_attribute("url.query", urlencode([(key, "REDACTED") for key, _ in pairs]))
 
 
 @dataclass
@@ -120,6 +136,7 @@ def setup_telemetry(service_name: str, settings: StackSettings) -> Telemetry:
     """Configure global tracer and meter providers for ``service_name``."""
     resource = Resource.create({"service.name": service_name, "service.namespace": "care-transitions-hub"})
     tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(QueryRedactingSpanProcessor())
     readers: list[MetricReader] = []
     if settings.otel_exporter_otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
