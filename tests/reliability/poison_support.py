@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cth_shared.contracts import EXAMPLES, new_event, registered_types
 from cth_shared.embedded import free_port
 from cth_shared.testing.infra import ServiceProcess
+from fastapi import FastAPI, Request, Response
 
 #: service name -> (python module, Postgres schema, catalog topics it consumes)
 SERVICES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -124,3 +128,56 @@ async def connect(isolated: Any, schema: str) -> asyncpg.Connection:
 def log_text(processes: dict[str, ServiceProcess]) -> str:
     """Everything the services wrote to stdout/stderr (JSON logs and any tracebacks)."""
     return "\n".join(p.log_path.read_text(errors="replace") for p in processes.values() if p.log_path.exists())
+
+
+@dataclass
+class Receiver:
+    """A real webhook receiver on 127.0.0.1 whose behaviour per path can change during a test.
+
+    Modes: ``ok`` (200), ``500``, ``429`` (with Retry-After: 0), ``410``, ``timeout`` (answers
+    after ``hang_s``, longer than the sender's timeout). Every request is recorded with the
+    status it got; ``delivered(path)`` is the bodies answered 2xx, in arrival order.
+    """
+
+    modes: dict[str, str]
+    port: int = field(default_factory=free_port)
+    hang_s: float = 5.0
+    requests: list[tuple[str, int, dict[str, str], bytes]] = field(default_factory=list)
+    _server: uvicorn.Server | None = None
+    _task: asyncio.Task[Any] | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def delivered(self, path: str) -> list[dict[str, Any]]:
+        return [json.loads(body) for p, code, _h, body in self.requests if p == path and 200 <= code < 300]
+
+    def attempts(self, path: str) -> list[int]:
+        return [code for p, code, _h, _b in self.requests if p == path]
+
+    async def __aenter__(self) -> Receiver:
+        app = FastAPI()
+
+        @app.post("/{path:path}")
+        async def receive(path: str, request: Request) -> Response:
+            key = "/" + path
+            body = await request.body()
+            mode = self.modes.get(key, "ok")
+            if mode == "timeout":
+                await asyncio.sleep(self.hang_s)
+                code = 200
+            else:
+                code = 200 if mode == "ok" else int(mode)
+            self.requests.append((key, code, dict(request.headers), body))
+            return Response(status_code=code, headers={"Retry-After": "0"} if code == 429 else None)
+
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                     lifespan="off", timeout_graceful_shutdown=1))
+        self._task = asyncio.create_task(self._server.serve())
+        await eventually(lambda: asyncio.sleep(0, self._server.started), 10, "webhook receiver")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None and self._task is not None
+        self._server.should_exit = True
+        await self._task
