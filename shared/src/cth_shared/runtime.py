@@ -146,7 +146,9 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
 
     @broker.subscriber(
         *topics,
-        group_id=definition.name,
+        # A topic prefix isolates a deployment (or a test): its consumer group too, so that
+        # instances of the same service on other prefixes never rebalance this one.
+        group_id=f"{settings.topic_prefix}{definition.name}",
         batch=True,
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
