@@ -131,10 +131,11 @@ class FrameReader:
                 size, oversize, scanned = 0, False, 0
                 continue
             if end >= 0:
+                if oversize or size + end > self._max:  # a whole frame may arrive in one read
+                    del self._buffer[: end + len(END_BLOCK)]
+                    return OversizeFrame(size + end)
                 body = bytes(self._buffer[:end])
                 del self._buffer[: end + len(END_BLOCK)]
-                if oversize:
-                    return OversizeFrame(size + end)
                 return body
             if size + len(self._buffer) > self._max:
                 # Discard what we have (keeping a byte that may begin the end block).
