@@ -48,7 +48,7 @@ def _hop_process(bootstrap: str, source: str, target: str, expected: int, group:
                 for records in batches.values():
                     for record in records:
                         futures.append(await producer.send(target, record.value, key=record.key,
-                                                           headers=record.headers))
+                                                           headers=list(record.headers or ())))
                 if futures:
                     await asyncio.gather(*futures)
                     await consumer.commit()  # like the services: offsets after the effect
@@ -60,21 +60,26 @@ def _hop_process(bootstrap: str, source: str, target: str, expected: int, group:
     asyncio.run(run())
 
 
-async def _drain(bootstrap: str, topic: str, expected: int, group: str) -> float:
+async def _drain(bootstrap: str, topic: str, expected: int, group: str, hops: list, timeout: float) -> float:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
                                 session_timeout_ms=2000, heartbeat_interval_ms=300)
     await consumer.start()
     seen = 0
+    deadline = time.monotonic() + timeout
     try:
         while seen < expected:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 seen += len(records)
+            if time.monotonic() > deadline or any(h.exitcode not in (None, 0) for h in hops):
+                raise RuntimeError(f"baseline chain stalled: {seen}/{expected} arrived; hop exit codes "
+                                   f"{[h.exitcode for h in hops]}")
     finally:
         await consumer.stop()
     return time.perf_counter()
 
 
-async def run_baseline(bootstrap: str, prefix: str, payloads: list[tuple[bytes, bytes]]) -> BaselineResult:
+async def run_baseline(bootstrap: str, prefix: str, payloads: list[tuple[bytes, bytes]],
+                       timeout: float = 300.0) -> BaselineResult:
     """Push ``payloads`` (key, value) through the chain; time first send to last arrival."""
     topics = [f"{prefix}{t}" for t in HOP_TOPICS]
     expected = len(payloads)
@@ -86,7 +91,7 @@ async def run_baseline(bootstrap: str, prefix: str, payloads: list[tuple[bytes, 
     for hop in hops:
         hop.start()
     await asyncio.sleep(3.0)  # let the hop consumers join their groups (Tansu join delay)
-    drain = asyncio.create_task(_drain(bootstrap, topics[-1], expected, f"{prefix}drain"))
+    drain = asyncio.create_task(_drain(bootstrap, topics[-1], expected, f"{prefix}drain", hops, timeout))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
     await producer.start()
     started = time.perf_counter()
@@ -95,7 +100,11 @@ async def run_baseline(bootstrap: str, prefix: str, payloads: list[tuple[bytes, 
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    finished = await drain
-    for hop in hops:
-        hop.join(timeout=30)
+    try:
+        finished = await drain
+    finally:
+        for hop in hops:
+            hop.join(timeout=30)
+            if hop.is_alive():
+                hop.kill()
     return BaselineResult(events=expected, seconds=finished - started, hops=len(hops))
