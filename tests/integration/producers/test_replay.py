@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 
 import pytest
 from cth_shared.contracts import CloudEvent, parse_event
@@ -103,3 +104,59 @@ async def test_unreachable_listener_is_reported_up_front(isolated):
     async with open_publisher(settings_for(isolated)) as publisher:
         with pytest.raises(MllpUnavailable):
             await replay(population.timeline(), publisher=publisher, mllp=("127.0.0.1", free_port()))
+
+
+class SimulatedClock:
+    """A clock that moves only when the replay sleeps (or when ``drift`` says it is slow)."""
+
+    def __init__(self, drift: float = 0.0) -> None:
+        self.now = 0.0
+        self.drift = drift
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        self.now += self.drift
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+async def test_accelerated_replay_scales_the_gaps_and_leaves_history_unpaced(isolated):
+    population = Population(PopulationConfig(members=300, seed=4, days=3, lookback_days=3))
+    live_start = population._start
+    live = [item.at for item in population.timeline() if item.at >= live_start]
+    assert len(live) > 5
+    clock = SimulatedClock()
+    async with open_publisher(settings_for(isolated)) as publisher:
+        summary = await replay(
+            population.timeline(),
+            publisher=publisher,
+            adt_settings=population.adt_settings(),
+            speed=600.0,
+            paced_from=live_start,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    assert summary.ok, summary.render()
+    # Only live items wait, one gap at a time, each gap divided by the speed.
+    gaps = [(b - a).total_seconds() / 600.0 for a, b in pairwise(live) if b > a]
+    assert clock.sleeps == pytest.approx(gaps)
+    assert clock.now == pytest.approx((live[-1] - live[0]).total_seconds() / 600.0)
+
+
+async def test_a_replay_that_falls_behind_never_sleeps_to_catch_up(isolated):
+    population = Population(PopulationConfig(members=100, seed=4, days=2, lookback_days=1))
+    clock = SimulatedClock(drift=3600.0)  # every look at the clock, an hour has gone by
+    async with open_publisher(settings_for(isolated)) as publisher:
+        summary = await replay(
+            population.timeline(),
+            publisher=publisher,
+            adt_settings=population.adt_settings(),
+            speed=1.0,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    assert summary.ok and summary.items > 10
+    assert clock.sleeps == [] and summary.lag > 0

@@ -59,7 +59,7 @@ import contextlib
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -343,6 +343,8 @@ async def replay(
     mllp_connections: int = 16,
     mllp_window: int = 64,
     mllp_timeout: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> ReplaySummary:
     """Replay ``items`` (any iterable, consumed lazily) and return the summary.
 
@@ -355,6 +357,8 @@ async def replay(
     * ``paced_from``: items timestamped before it are not paced (history catch-up).
     * ``on_progress``: called with the live summary at most every ``progress_interval`` s and
       once at the end.
+    * ``clock`` / ``sleep``: the pacing clock (seconds) and how to wait (tests and simulations
+      pass their own).
 
     Raises :class:`MllpUnavailable` when ``mllp`` is given and the listener cannot be reached at
     the start; later failures are counted in the summary (``errors``), never raised.
@@ -404,11 +408,11 @@ async def replay(
             # -- pacing
             if speed is not None and (paced_from is None or item.at >= paced_from):
                 if first_at is None:
-                    first_at, wall_start = item.at, time.monotonic()
+                    first_at, wall_start = item.at, clock()
                 due = wall_start + (item.at - first_at).total_seconds() / speed
-                ahead = due - time.monotonic()
+                ahead = due - clock()
                 if ahead > 0:
-                    await asyncio.sleep(ahead)
+                    await sleep(ahead)
                     summary.lag = 0.0
                 else:
                     summary.lag = -ahead
