@@ -160,3 +160,28 @@ async def test_a_replay_that_falls_behind_never_sleeps_to_catch_up(isolated):
         )
     assert summary.ok and summary.items > 10
     assert clock.sleeps == [] and summary.lag > 0
+
+
+async def test_mllp_replay_counts_ae_naks_when_the_listener_cannot_reach_the_broker(isolated):
+    population = Population(PopulationConfig(members=300, seed=8, days=5, lookback_days=1))
+    _, unmatched, hl7 = expected_outcome(population)
+    assert hl7 > unmatched
+    settings = settings_for(isolated)
+    async with open_publisher(settings) as publisher, open_publisher(settings, ack_timeout=1) as doomed:
+        await doomed._broker.stop()  # the listener's connection to the broker is gone
+        listener = await start_listener(doomed, adt_settings=population.adt_settings())
+        try:
+            summary = await replay(
+                population.timeline(),
+                publisher=publisher,
+                mllp=("127.0.0.1", listener.port),
+                index=listener.translator.index,
+                mllp_connections=3,
+            )
+        finally:
+            await listener.stop()
+    # Every message the listener could not hand to the broker is negatively acknowledged.
+    assert summary.acks == Counter({"AE": hl7 - unmatched, "AA": unmatched})
+    assert summary.errors == hl7 - unmatched and not summary.ok
+    assert all(": AE " in text for text in summary.error_samples)
+    assert summary.failed == 0 and summary.events["member.enrolled"] == 300
