@@ -145,3 +145,14 @@ def test_generate_is_deterministic_and_its_output_publishes_cleanly(tmp_path):
     published = runner.invoke(app, ["publish", str(tmp_path / "a"), "--dry-run"])
     assert published.exit_code == EXIT_OK, published.output
     assert "member.enrolled" in published.output and "encounter." in published.output
+
+
+def test_hl7_file_messages_carry_the_line_of_their_msh(tmp_path):
+    from cth_shared.producers.cli import _hl7_messages
+
+    message = "MSH|^~\\&|A|B|C|D|20260301||ADT^A01|{n}|P|2.5.1\nEVN|A01|20260301\nPID|1||X{n}\n"
+    path = tmp_path / "feed.hl7"
+    path.write_text("\n".join(message.format(n=n) for n in range(3)))  # blank line between messages
+    found = list(_hl7_messages(path))
+    assert [line for line, _ in found] == [1, 5, 9]
+    assert [m.split(b"|")[9] for _, m in found] == [b"0", b"1", b"2"]

@@ -192,13 +192,14 @@ def _hl7_messages(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line of the message's MSH, message bytes) for every message in an HL7 file."""
     data = path.read_bytes()
     newline = b"\n" if b"\n" in data else b"\r"
-    position = 0
+    position, line = 0, 1
     for message in split_messages(data):
         head = message.split(b"\r", 1)[0][:64]
         found = data.find(head, position) if head else -1
         if found >= 0:
-            position = found + len(head)
-        yield data.count(newline, 0, max(found, position if found < 0 else found)) + 1, message
+            line += data.count(newline, position, found)
+            position = found + len(head)  # a first segment holds no line break
+        yield line, message
 
 
 def load_facilities(path: Path) -> dict[str, Facility]:
