@@ -59,6 +59,12 @@ def stop_services(processes: dict[str, ServiceProcess], timeout: float = 20) -> 
     return {name: p.terminate(timeout=timeout) for name, p in processes.items()}
 
 
+async def astop_services(processes: dict[str, ServiceProcess], timeout: float = 20) -> dict[str, int | None]:
+    """``stop_services`` without blocking the event loop (receivers in this loop keep answering)."""
+    codes = await asyncio.gather(*(p.aterminate(timeout=timeout) for p in processes.values()))
+    return dict(zip(processes, codes, strict=True))
+
+
 def event_bytes(
     event_type: str, *, event_id: str | None = None, subject: str | None = None, time: str | None = None,
     **changes: Any,
