@@ -7,5 +7,7 @@
 * :mod:`.files` - roster, claims and provider-directory CSV/NDJSON, streamed;
 * :mod:`.synthetic` - a deterministic synthetic population and its timeline;
 * :mod:`.publish` - acknowledged and pipelined publishing of CloudEvents;
+* :mod:`.replay` - replay a timeline (as fast as possible, real time or xN), directly or over
+  MLLP, and start an in-process MLLP listener;
 * :mod:`.cli` - the ``cth`` command (publish, generate, replay, listen).
 """
