@@ -136,6 +136,9 @@ def log_text(processes: dict[str, ServiceProcess]) -> str:
     return "\n".join(p.log_path.read_text(errors="replace") for p in processes.values() if p.log_path.exists())
 
 
+TIMED_OUT = -1  # recorded status of a request answered after the sender's timeout
+
+
 @dataclass
 class Receiver:
     """A real webhook receiver on 127.0.0.1 whose behaviour per path can change during a test.
@@ -170,12 +173,13 @@ class Receiver:
             body = await request.body()
             mode = self.modes.get(key, "ok")
             if mode == "timeout":
-                await asyncio.sleep(self.hang_s)
-                code = 200
+                await asyncio.sleep(self.hang_s)  # the sender has given up by now: not a receipt
+                code = TIMED_OUT
             else:
                 code = 200 if mode == "ok" else int(mode)
             self.requests.append((key, code, dict(request.headers), body))
-            return Response(status_code=code, headers={"Retry-After": "0"} if code == 429 else None)
+            return Response(status_code=200 if code == TIMED_OUT else code,
+                            headers={"Retry-After": "0"} if code == 429 else None)
 
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                      lifespan="off", timeout_graceful_shutdown=1))
