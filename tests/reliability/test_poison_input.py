@@ -12,9 +12,11 @@ inbox page never renders data as HTML.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
+import shutil
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from cth_shared.auth import issue_token
 from poison_support import (
     SERVICES,
+    astop_services,
     connect,
     event_bytes,
     eventually,
@@ -94,8 +97,8 @@ def poison_for(topic: str) -> list[tuple[str, bytes | None, str]]:
             ("unknown NUBC disposition", _mutated(discharge, _set(("data", "disposition"), "99")), "invalid_event"),
             ("bad facility NPI", _mutated(base, _set(("data", "facility", "npi"), "1245319598")), "invalid_event"),
             ("unknown patient class", _mutated(base, _set(("data", "patient_class"), "spaceship")), "invalid_event"),
-            ("very long unicode facility", _mutated(base, _set(("data", "facility", "name"), "😀\u200d\u202e" * 20_000)),
-             "invalid_event"),
+            ("very long unicode facility",
+             _mutated(base, _set(("data", "facility", "name"), "😀\u200d\u202e" * 20_000)), "invalid_event"),
             ("10 MB record", _mutated(base, _set(("data", "facility", "name"), "x" * TEN_MB)), "oversize")]
 
 
@@ -259,3 +262,55 @@ async def _consumed(conn: Any, event_ids: list[str]) -> bool:
 async def _dead_letters(conn: Any, count: int) -> list[Any] | None:
     rows = await conn.fetch('SELECT * FROM dead_letters ORDER BY source_topic, "offset"')
     return rows if len(rows) >= count else None
+
+
+XSS_FACILITY = "<img src=x onerror=\"window.__xss=1\"><script>window.__xss=2</script><b>Mercy</b>"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium is not installed (apt-get install chromium chromium-driver)")
+async def test_the_inbox_page_shows_hostile_text_as_text_and_never_runs_it(isolated: Any, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    processes = await start_services(isolated, tmp_path, names=["notifications"])
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"),
+                              options=options)
+    try:
+        conn = await connect(isolated, "notifications")
+        token = await issue_token(conn, PCP_TIN)
+        async with producer(isolated) as client:
+            await send(client, isolated, "attribution", MEMBER,
+                       event_bytes("attribution.changed", member_id=MEMBER, effective_date="2026-01-01"))
+            await eventually(lambda: conn.fetchval("SELECT count(*) FROM care_team_history"), what="care team")
+            await send(client, isolated, "encounters", MEMBER, event_bytes(
+                "encounter.admitted", member_id=MEMBER, encounter_id="ENC-XSS",
+                facility={"npi": "1245319599", "name": XSS_FACILITY, "tin": "123456789"}))
+        await eventually(lambda: conn.fetchval("SELECT count(*) FROM notifications WHERE organization_id = $1",
+                                               PCP_TIN), what="alert stored")
+        await conn.close()
+
+        await asyncio.to_thread(driver.get, f"{processes['notifications'].base_url}/inbox/page")
+        scripts_before = driver.execute_script("return document.scripts.length")
+        driver.find_element(By.ID, "token").send_keys(token)
+        driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+        await eventually(lambda: asyncio.to_thread(driver.execute_script,
+                                                   "return document.querySelector('li.alert') !== null"),
+                         what="alert rendered")
+        item = driver.find_element(By.CSS_SELECTOR, "li.alert")
+        assert XSS_FACILITY in item.text  # shown verbatim, as text
+        assert driver.execute_script("return window.__xss === undefined")
+        assert driver.execute_script("return document.querySelectorAll('li.alert img, li.alert script, li.alert b')"
+                                     ".length") == 0
+        assert driver.execute_script("return document.scripts.length") == scripts_before
+    finally:
+        driver.quit()
+        codes = await astop_services(processes)
+    assert codes == {"notifications": 0}, log_text(processes)[-4000:]
