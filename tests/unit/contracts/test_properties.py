@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from cth_shared.contracts import CloudEvent, ContractError, parse_event, registered_types
+from cth_shared.contracts.events import PHI_FIELDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -280,3 +281,34 @@ def test_hostile_strings_in_any_field_are_rejected_cleanly_or_kept_verbatim(name
             for step in path:
                 node = node[step]
             assert node in (hostile, hostile.strip()), (name, path, node)  # surrounding whitespace may be trimmed
+
+
+# ---------------------------------------------------------------------------------------------
+# A rejection names fields and rules, never the rejected PHI values (the reason is logged and stored).
+
+PHI_TYPES = sorted(n for n in TYPES if any(p for p in paths(example(n)) if set(p) & PHI_FIELDS))
+marker_text = st.text(alphabet="ZQXJKVWzqxjkvw", min_size=6, max_size=12)
+bad_phi_values = st.one_of(
+    marker_text.map(lambda m: m + "\x01"),  # control character
+    marker_text.map(lambda m: m * 30),  # too long
+    marker_text,  # a name where a date or code belongs
+    st.builds(lambda m: {"line": m + "\x07", "city": m}, marker_text),
+)
+
+
+@PER_TYPE
+@given(st.sampled_from(PHI_TYPES), st.data())
+def test_a_rejected_phi_value_is_never_echoed_in_the_error(name: str, data: st.DataObject) -> None:
+    document = envelope(name, example(name))
+    phi_paths = [p for p in paths(document["data"]) if p[-1] in PHI_FIELDS or (set(p) & PHI_FIELDS)]
+    path = data.draw(st.sampled_from(phi_paths))
+    value = data.draw(bad_phi_values)
+    parent = document["data"]
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    try:
+        parse_event(wire(document))
+    except ContractError as error:
+        marker = (value["city"] if isinstance(value, dict) else value).strip("\x01\x07")[:6]
+        assert marker not in error.detail and marker not in str(error), (path, error.detail)

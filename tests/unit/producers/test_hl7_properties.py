@@ -9,6 +9,7 @@ Example counts are bounded so the whole module runs in a few seconds.
 from __future__ import annotations
 
 import asyncio
+import re
 from zoneinfo import ZoneInfo
 
 import hl7
@@ -205,3 +206,33 @@ def test_well_framed_messages_come_back_exactly_whatever_the_junk_and_read_sizes
     data = junk + b"".join(frame(body) for body in bodies)
     chunks = [data[i:i + chunk] for i in range(0, len(data), chunk)]
     assert _read_all(chunks, 1024) == bodies
+
+
+def _sample_phi() -> set[str]:
+    """Names, birth dates, addresses and diagnosis texts/codes of the sample feeds (PID-5/7/11, DG1-3)."""
+    values: set[str] = set()
+    for raw in SAMPLES:
+        for segment in raw.decode("latin-1").replace("\n", "\r").split("\r"):
+            fields = segment.split("|")
+            wanted = {"PID": (5, 7, 11), "DG1": (3,)}.get(fields[0], ())
+            for number in wanted:
+                if number < len(fields):
+                    for part in re.split(r"[\^~&]", fields[number]):
+                        if (len(part) >= 4 and not part.isdigit()) or re.fullmatch(r"\d{8}", part):
+                            values.add(part)
+    return values
+
+
+SAMPLE_PHI = _sample_phi()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_messages())
+def test_an_hl7_error_never_echoes_patient_values(raw: bytes) -> None:
+    assert len(SAMPLE_PHI) > 10
+    try:
+        TRANSLATOR.translate(raw)
+    except Hl7Error as error:
+        text = str(error)
+        leaked = {value for value in SAMPLE_PHI if value in text}
+        assert not leaked, (error.reason, text)
