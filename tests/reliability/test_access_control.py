@@ -282,6 +282,16 @@ async def _run(isolated: Any, processes: dict[str, Any], apps: dict[str, FastAPI
     assert not verify(secret, header.replace(f"t={sent_at}", f"t={sent_at + 3600}"), body, now=sent_at + 3600)
     assert json.loads(body)["id"]
 
+    # Only hashes are stored; a revoked token is refused everywhere.
+    for name, conn in conns.items():
+        stored = [r["token_sha256"] for r in await conn.fetch("SELECT token_sha256 FROM api_tokens")]
+        assert tokens_b[name] not in stored and all(len(h) == 64 for h in stored)
+        await conn.execute("UPDATE api_tokens SET revoked_at = now()")
+        async with httpx.AsyncClient(base_url=processes[name].base_url, timeout=10) as api:
+            path = {"attribution": f"/members/{MEMBER_B}/attribution", "care-gaps": f"/members/{MEMBER_B}/gaps",
+                    "referrals": f"/referrals/{REFERRAL_B}", "notifications": "/inbox"}[name]
+            response = await api.get(path, headers={"Authorization": f"Bearer {tokens_b[name]}"})
+            assert response.status_code == 401, (name, "revoked token")
     for conn in conns.values():
         await conn.close()
     return secrets_seen
