@@ -64,7 +64,7 @@ from .broker import make_broker
 from .contracts import CloudEvent, registered_types
 from .contracts.events import ClaimAdjudicated
 from .embedded import free_port
-from .orchestrate import SERVICES, Fleet, ServiceCounters, ServiceDied, Stack, all_counters
+from .orchestrate import SERVICES, Fleet, ServiceCounters, ServiceDied, Stack, all_counters, consumer_lag
 from .producers.hl7_adt import AdtTranslator, MemberIndex
 from .producers.mllp import MllpListener, MllpSettings
 from .producers.publish import EventPublisher, connect_broker
@@ -245,7 +245,7 @@ class ScenarioOptions:
     seed: int = 1
     days: int = 30
     #: Simulated seconds per wall second during the month (history is sent as fast as possible).
-    speed: float = 86_400 / 2.0
+    speed: float | None = 86_400.0  # None: as fast as possible
     acknowledge: bool = True
     settle_timeout: float = 120.0
 
@@ -339,42 +339,6 @@ async def read_outcomes(database_url: str) -> Outcomes:
         deliveries_pending=int(deliveries["pending"]),
         deliveries_dead=int(deliveries["dead"]),
     )
-
-
-async def consumer_lag(stack: Stack) -> dict[str, int]:
-    """Records each service's consumer group has not committed yet, summed over its topics."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers)
-    await admin.start()
-    await consumer.start()
-    try:
-        lag: dict[str, int] = {}
-        for spec in SERVICES:
-            partitions = [
-                TopicPartition(f"{stack.topic_prefix}{topic}", p)
-                for topic in spec.topics
-                for p in (consumer.partitions_for_topic(f"{stack.topic_prefix}{topic}") or set())
-            ]
-            if not partitions:
-                await consumer.topics()  # refresh metadata once
-                partitions = [
-                    TopicPartition(f"{stack.topic_prefix}{topic}", p)
-                    for topic in spec.topics
-                    for p in (consumer.partitions_for_topic(f"{stack.topic_prefix}{topic}") or set())
-                ]
-            ends = await consumer.end_offsets(partitions)
-            committed = await admin.list_consumer_group_offsets(spec.name, partitions=partitions)
-            lag[spec.name] = sum(
-                max(0, end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0))
-                for tp, end in ends.items()
-            )
-        return lag
-    finally:
-        await consumer.stop()
-        await admin.close()
 
 
 async def _register_subscriptions(
@@ -529,7 +493,11 @@ async def run_scenario(
                 # 2. a year of claims history: attribution's bulk backfill (COPY + set-based recompute)
                 notify("backfill", {"claims": claim_lines})
                 backfill = await guarded(_bulk_backfill(fleet, claims_file, population.config.start.isoformat()))
-                timings["claims backfill"] = time.monotonic() - started
+                # the services take in the history (attribution changes -> care-gaps, notifications)
+                # before the month starts, so the month's latencies are not queued behind it
+                await _settle(stack, receiver, options.settle_timeout,
+                              lambda _stage, info: notify("history-settle", info), watcher)
+                timings["history loaded"] = time.monotonic() - started
                 notify("backfill-done", {"report": backfill})
                 # 3. the month at accelerated time; ADT over MLLP
                 month = itertools.chain([first_live] if first_live else [], timeline)
@@ -722,6 +690,9 @@ class DemoView:
             report = info["report"]
             self.progress.update(self.backfill, total=1, completed=1,
                                  note=f"{report['rows']} lines, {report['changes_emitted']} attribution changes")
+        elif stage == "history-settle":
+            lag = ", ".join(f"{k} {v}" for k, v in info["lag"].items() if v) or "none"
+            self.progress.update(self.backfill, note=f"services taking it in: lag {lag}, outbox {info['backlog']}")
         elif stage == "replay":
             summary: ReplaySummary = info["summary"]
             start: datetime = info["period_start"]
@@ -857,13 +828,13 @@ def main(
     members: int = typer.Option(5000, help="Synthetic members"),
     seed: int = typer.Option(1, help="Seed: same seed, same population and timeline"),
     days: int = typer.Option(30, help="Days of the replayed period"),
-    speed: float = typer.Option(ScenarioOptions.speed, help="Simulated seconds per wall second during the month"),
+    speed: float = typer.Option(86_400.0, help="Simulated seconds per wall second in the month; 0 = max"),
     keep_running: bool = typer.Option(False, "--keep-running", help="Leave everything up until Ctrl-C"),
     kafka: str | None = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS", help="External Kafka (else embedded)"),
     postgres: str | None = typer.Option(None, envvar="DATABASE_URL", help="External PostgreSQL URL (else embedded)"),
 ) -> None:
     """Replay a synthetic payer's month through the four services and show what happened."""
-    options = ScenarioOptions(members=members, seed=seed, days=days, speed=speed)
+    options = ScenarioOptions(members=members, seed=seed, days=days, speed=speed or None)
     os.environ.pop("OTEL_SPANS_FILE", None)
     raise typer.Exit(asyncio.run(_main(options, kafka, postgres, keep_running)))
 

@@ -49,6 +49,7 @@ __all__ = [
     "ServiceSpec",
     "Stack",
     "all_counters",
+    "consumer_lag",
     "service_counters",
 ]
 
@@ -103,6 +104,8 @@ class Stack:
     database_url: str
     topic_prefix: str = ""
     embedded: EmbeddedStack | None = None
+    #: Extra environment for every service (e.g. consumer timeouts a test broker needs).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -142,6 +145,7 @@ class Stack:
         if self.embedded is not None:  # Tansu makes every group join wait half the session timeout
             env["KAFKA_SESSION_TIMEOUT_MS"] = "2000"
             env["KAFKA_HEARTBEAT_INTERVAL_MS"] = "300"
+        env.update(self.env)
         return env
 
     def close(self) -> None:
@@ -365,3 +369,34 @@ async def all_counters(
         return result
     finally:
         await conn.close()
+
+
+async def consumer_lag(stack: Stack, services: Iterable[ServiceSpec] = SERVICES) -> dict[str, int]:
+    """Records each service's consumer group has not committed yet, summed over its input topics.
+
+    The group id is the service name under the stack's topic prefix (see ``runtime.serve``).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers)
+    await admin.start()
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata of every topic
+        lag: dict[str, int] = {}
+        for spec in services:
+            names = [f"{stack.topic_prefix}{topic}" for topic in spec.topics]
+            partitions = [TopicPartition(n, p) for n in names for p in (consumer.partitions_for_topic(n) or set())]
+            ends = await consumer.end_offsets(partitions)
+            committed = await admin.list_consumer_group_offsets(
+                f"{stack.topic_prefix}{spec.name}", partitions=partitions
+            )
+            lag[spec.name] = sum(
+                max(0, end - max(0, committed[tp].offset if tp in committed else 0)) for tp, end in ends.items()
+            )
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()

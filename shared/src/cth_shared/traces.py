@@ -43,9 +43,17 @@ class SpanRecord:
         return (self.end_ns - self.start_ns) / 1e6
 
 
-def read_spans(paths: Iterable[Path]) -> Iterator[SpanRecord]:
-    """Spans from JSON-lines files; unreadable lines are skipped (files may be mid-write)."""
+def _span_files(paths: Iterable[Path]) -> Iterator[Path]:
     for path in paths:
+        if path.is_dir():
+            yield from sorted(path.glob("*.jsonl"))
+        else:
+            yield path
+
+
+def read_spans(paths: Iterable[Path]) -> Iterator[SpanRecord]:
+    """Spans from JSON-lines files (a directory means its ``*.jsonl``); unreadable lines are skipped."""
+    for path in _span_files(paths):
         if not path.exists():
             continue
         with path.open(encoding="utf-8") as handle:
@@ -135,7 +143,9 @@ def render(spans: list[SpanRecord], console: Console, width: int = 40) -> None:
 
 @app.command()
 def main(
-    spans_file: list[Path] = typer.Option(..., "--spans", help="JSON-lines span export(s) (OTEL_SPANS_FILE)"),
+    spans_file: list[Path] = typer.Option(
+        ..., "--spans", help="JSON-lines span export(s) (OTEL_SPANS_FILE) or a directory of them"
+    ),
     member: str | None = typer.Option(None, help="Member id: every trace that touched this member"),
     event: str | None = typer.Option(None, help="Event id: the trace that carried this event"),
     trace: str | None = typer.Option(None, help="A trace id"),

@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 from cth_shared.contracts.events import NotificationDelivered, NotificationFailed
 from cth_shared.runtime import ServiceContext
-from opentelemetry import metrics, trace
+from opentelemetry import metrics, propagate, trace
 
 from .domain.delivery_policy import Circuit, CircuitState, Outcome, RetrySchedule, classify_status
 from .domain.signing import sign
@@ -32,7 +32,10 @@ _tracer = trace.get_tracer("notifications.delivery")
 _meter = metrics.get_meter("notifications.delivery")
 _attempts_counter = _meter.create_counter("notifications.delivery.attempts", unit="{attempt}")
 _alert_latency = _meter.create_histogram(
-    "notifications.event_to_receipt", unit="s", description="Event time to webhook receipt (end-to-end alert latency)"
+    "alert.end_to_end.duration", unit="ms", description="Event time (e.g. the ADT event) to webhook/FHIR receipt"
+)
+_webhook_deliveries = _meter.create_counter(
+    "webhook.deliveries", unit="{attempt}", description="Delivery attempts by outcome (delivered, retry, dead)"
 )
 
 
@@ -125,7 +128,7 @@ class DeliveryWorker:
             "                  AND e.delivery_id < d.delivery_id)"
             "  ORDER BY d.delivery_id LIMIT $2 FOR UPDATE SKIP LOCKED)"
             " RETURNING delivery_id, notification_id, subscription_id, channel, endpoint_url, attempts,"
-            " first_attempt_at, member_id",
+            " first_attempt_at, member_id, traceparent",
             endpoint, limit, self.settings.delivery_lease_s,
         )
         return sorted(rows, key=lambda r: r["delivery_id"])
@@ -157,9 +160,12 @@ class DeliveryWorker:
         started = time.perf_counter()
         status_code: int | None = None
         error_class: str | None = None
+        # Continue the trace of the event that created the alert (queued with the delivery).
+        parent = propagate.extract({"traceparent": delivery["traceparent"]}) if delivery["traceparent"] else None
         with _tracer.start_as_current_span(
-            "notifications.deliver", attributes={"cth.notification_id": row["notification_id"],
-                                                 "cth.channel": delivery["channel"]},
+            "notifications.deliver", context=parent, kind=trace.SpanKind.CLIENT,
+            attributes={"cth.notification_id": row["notification_id"], "cth.channel": delivery["channel"],
+                        "cth.member_id": row["member_id"]},
         ) as span:
             try:
                 response = await self.client.post(delivery["endpoint_url"], content=body, headers=headers,
@@ -174,6 +180,7 @@ class DeliveryWorker:
         if status_code is not None and outcome is not Outcome.DELIVERED:
             error_class = f"HTTP {status_code}"
         _attempts_counter.add(1, {"channel": delivery["channel"], "outcome": outcome.value})
+        _webhook_deliveries.add(1, {"channel": delivery["channel"], "outcome": outcome.value})
         await self._record(delivery, row, attempted_at, status_code, latency_ms, error_class, outcome)
         return outcome
 
@@ -217,7 +224,7 @@ class DeliveryWorker:
                 delivery["endpoint_url"], circuit.state.value, circuit.consecutive_failures, circuit.open_until,
             )
             if outcome_state == "delivered":
-                _alert_latency.record((now - row["event_time"]).total_seconds(), {"kind": row["kind"]})
+                _alert_latency.record((now - row["event_time"]).total_seconds() * 1000, {"kind": row["kind"]})
                 uow.publish(NotificationDelivered(
                     notification_id=row["notification_id"], member_id=row["member_id"],
                     recipient_id=row["recipient_id"], channel=delivery["channel"], delivered_at=now, attempts=attempts,

@@ -9,6 +9,7 @@ from datetime import date, datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry import propagate
 
 from .domain.rules import CareTeamEntry, Subscription
 
@@ -188,11 +189,13 @@ async def queue_deliveries(
     """One pending delivery per push subscription (endpoint copied: later edits don't reroute history)."""
     if not subscription_ids:
         return
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)  # the delivery attempt continues the trace of the event being handled
     await conn.execute(
-        "INSERT INTO deliveries(notification_id, subscription_id, organization_id, member_id, channel, endpoint_url)"
-        " SELECT $1, s.subscription_id, $2, $3, s.channel, s.endpoint_url FROM subscriptions s"
+        "INSERT INTO deliveries(notification_id, subscription_id, organization_id, member_id, channel, endpoint_url,"
+        " traceparent) SELECT $1, s.subscription_id, $2, $3, s.channel, s.endpoint_url, $5 FROM subscriptions s"
         " WHERE s.subscription_id = ANY($4::text[]) ON CONFLICT DO NOTHING",
-        notification_id, organization_id, member_id, list(subscription_ids),
+        notification_id, organization_id, member_id, list(subscription_ids), carrier.get("traceparent"),
     )
 
 
