@@ -155,3 +155,49 @@ async def test_replay_of_a_small_population_through_a_local_mllp_listener_exits_
     )
     members = await read_topic(isolated, "enrollment", expected=expected["member.enrolled"])
     assert len(members) == expected["member.enrolled"]
+
+
+async def test_replay_to_a_separate_cth_listen_process(isolated):
+    population_args = ["--members", "200", "--seed", "5", "--days", "10", "--lookback-days", "3"]
+    env = {**os.environ, **isolated.service_env()}
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cth_shared.producers.cli",
+        "listen",
+        "--port",
+        "0",
+        "--synthetic-members",
+        "200",
+        *population_args[2:],
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert listener.stdout is not None
+        line = await asyncio.wait_for(listener.stdout.readline(), 60)
+        assert line.startswith(b"MLLP_PORT="), line
+        port = int(line.split(b"=")[1])
+        code, out, err = await cth(isolated, "replay", *population_args, "--mllp", f"127.0.0.1:{port}")
+        assert code == 0, out + err
+        assert "ACK AA" in out and "ACK AE" not in out and "ACK AR" not in out
+    finally:
+        if listener.returncode is None:
+            listener.terminate()
+        _, listener_err = await asyncio.wait_for(listener.communicate(), 30)
+    assert listener.returncode == 0, listener_err.decode()
+    assert b"rejected 0 errors 0" in listener_err
+    population = Population(PopulationConfig(members=200, seed=5, days=10, lookback_days=3))
+    index = MemberIndex()
+    translator = AdtTranslator(index, population.adt_settings())
+    encounters = 0
+    for item in population.timeline():
+        if isinstance(item.payload, CloudEvent):
+            if isinstance(item.payload.data, MemberEnrolled):
+                index.add(item.payload.data)
+        elif isinstance(translator.translate(item.payload), AdtEvent):
+            encounters += 1
+    assert encounters > 0
+    records = await read_topic(isolated, "encounters", expected=encounters)
+    assert len({parse_event(r.value).id for r in records}) == encounters == len(records)

@@ -704,6 +704,9 @@ def listen(
         0, "--synthetic-members", help="Match against a synthetic population's roster (with --seed)"
     ),
     seed: int = SeedOpt,
+    days: int = DaysOpt,
+    lookback_days: int = LookbackOpt,
+    start: str | None = StartOpt,
     timezone: str = typer.Option("America/New_York", "--facility-timezone"),
     bootstrap: str | None = BootstrapOpt,
     topic_prefix: str | None = PrefixOpt,
@@ -723,7 +726,7 @@ def listen(
         for snapshot in _members_from(path, found):
             index.add(snapshot)
     if synthetic_members:
-        population = Population(PopulationConfig(members=synthetic_members, seed=seed, tenant=settings.tenant))
+        population = _population(synthetic_members, seed, days, lookback_days, start, settings.tenant)
         for number in range(population.existing_members + population.new_members):
             index.add(population.enrollment(population.member(number)))
         facilities = {**population.adt_settings().facilities, **facilities}
