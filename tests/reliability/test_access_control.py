@@ -15,6 +15,7 @@ cannot map to another organization's resource fails the test until it is added t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -175,6 +176,15 @@ async def _run(isolated: Any, processes: dict[str, Any], apps: dict[str, FastAPI
             secrets_seen["webhook secret 2"] = gone.json()["secret"]
             ticket = (await api.post("/inbox/stream-ticket", headers=auth_b)).json()["ticket"]
             secrets_seen["stream ticket"] = ticket
+        # Live streams open before anything happens: A's (token header) and B's (ticket, as the page does).
+        stream_a: list[str] = []
+        stream_b: list[str] = []
+        readers = [
+            asyncio.create_task(_read_stream(notifications, {"Authorization": f"Bearer {tokens_a['notifications']}"},
+                                             {}, stream_a)),
+            asyncio.create_task(_read_stream(notifications, {}, {"ticket": ticket}, stream_b)),
+        ]
+        await eventually(lambda: asyncio.sleep(0, bool(stream_a) and bool(stream_b)), what="streams connected")
 
         # B's member: enrolled, PCP selected (attribution computes B's attribution and tells the others),
         # admitted and discharged (gaps, alerts), and a referral ordered by B.
@@ -217,6 +227,13 @@ async def _run(isolated: Any, processes: dict[str, Any], apps: dict[str, FastAPI
         await eventually(lambda: conns["attribution"].fetchval(
             "SELECT count(*) FROM attribution_current WHERE member_id = $1 AND pcp_tin = $2", MEMBER_B, ORG_B),
             what="B's attribution")
+        # The live stream: B hears of its alert, A hears nothing of B's.
+        await eventually(lambda: asyncio.sleep(0, any(alert["notification_id"] in line for line in stream_b)),
+                         what="B's alert on B's live stream")
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        assert not [line for line in stream_a if MEMBER_B in line or line.startswith("data:")], stream_a[:5]
 
     owned_by_b = {
         "member_id": MEMBER_B, "organization_id": ORG_B, "notification_id": alert["notification_id"],
@@ -295,6 +312,15 @@ async def _run(isolated: Any, processes: dict[str, Any], apps: dict[str, FastAPI
     for conn in conns.values():
         await conn.close()
     return secrets_seen
+
+
+async def _read_stream(base_url: str, headers: dict[str, str], params: dict[str, str], lines: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(10, read=None)) as api, api.stream(
+        "GET", "/inbox/stream", headers=headers, params=params
+    ) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            lines.append(line)
 
 
 async def _first_delivered(receiver: Receiver, path: str) -> tuple[dict[str, str], bytes] | None:
