@@ -21,10 +21,11 @@ from typing import Any
 
 import asyncpg
 import uvicorn
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from opentelemetry import metrics
 
 from .broker import make_broker
 from .contracts import all_topic_specs, topic_name
@@ -144,7 +145,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     if missing:
         raise ValueError(f"{definition.name} subscribes to topics outside the catalog: {missing}")
 
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         *topics,
         # A topic prefix isolates a deployment (or a test): its consumer group too, so that
         # instances of the same service on other prefixes never rebalance this one.
@@ -158,8 +159,21 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         decoder=decode_raw_batch,
     )
+
+    @subscriber
     async def on_batch(records: list[ConsumerRecord]) -> None:
         await processor.process(records)
+        _note_lag(subscriber, records, lag)
+
+    # Consumer lag per partition (highwater from the last fetch minus the next offset to read),
+    # updated after each committed batch; exported as the ``consumer.lag`` gauge.
+    lag: dict[tuple[str, int], int] = {}
+    metrics.get_meter("cth_shared.runtime").create_observable_gauge(
+        "consumer.lag",
+        callbacks=[lambda _options: [metrics.Observation(sum(lag.values()), {"service": definition.name})]],
+        unit="{record}",
+        description="Records not yet consumed by this instance's partitions",
+    )
 
     ready = asyncio.Event()
     app = definition.api(ctx) if definition.api else FastAPI(title=definition.name)
@@ -189,21 +203,45 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     finally:
         _log.info("shutting down", extra={"service": definition.name})
         ready.clear()
-        # Stopping the broker waits for the in-flight batch handler; its offsets commit after.
+        # Stop consuming first: each subscriber waits (the broker's graceful_timeout) for the
+        # batch in flight, which commits, then its offsets commit. The producer stays up
+        # meanwhile, so the relay's final drain publishes what committed; the broker closes last.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(broker.stop(), timeout=settings.shutdown_grace_s)
+            await asyncio.wait_for(_stop_consuming(broker), timeout=settings.shutdown_grace_s + 5)
         for job in jobs:
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
         relay.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay_task, timeout=settings.shutdown_grace_s)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broker.stop(), timeout=5)
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(http_task, timeout=5)
         await pool.close()
         telemetry.shutdown()
         _log.info("stopped", extra={"service": definition.name})
+
+
+def _note_lag(subscriber: Any, records: Sequence[ConsumerRecord], lag: dict[tuple[str, int], int]) -> None:
+    consumer = getattr(subscriber, "consumer", None)
+    if consumer is None:
+        return
+    last: dict[tuple[str, int], int] = {}
+    for record in records:
+        last[(record.topic, record.partition)] = record.offset
+    for (topic, partition), offset in last.items():
+        with contextlib.suppress(Exception):
+            highwater = consumer.highwater(TopicPartition(topic, partition))
+            if highwater is not None:
+                lag[(topic, partition)] = max(0, highwater - offset - 1)
+
+
+async def _stop_consuming(broker: KafkaBroker) -> None:
+    """Stop every subscriber (waiting for its batch in flight), leaving the producer connected."""
+    for subscriber in broker.subscribers:
+        await subscriber.stop()
 
 
 def run_service(definition: ServiceDefinition, settings: ServiceSettings) -> None:
