@@ -117,27 +117,37 @@ async def run_pipeline(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         # 2. Services with tracing off; reference data; warm-up; flat out.
         await pipeline.start_services(tracing=False)
         out["reference_load"] = await pipeline.load_reference(workload)
-        await pipeline.run_phase("warm-up", _take(workload, args.warmup_events), None)
-        out["flat_out_tracing_off"] = await pipeline.run_phase("flat-out, tracing off",
-                                                               _take(workload, args.flat_events), None)
+        warm = await pipeline.run_phase("warm-up", _take(workload, args.warmup_events), None)
+        # Size the flat-out phases to ~flat_seconds at the warm-up's rate (bounded by --flat-events).
+        flat = int(min(args.flat_events, max(1000, (warm["events_per_s"] or 100) * args.flat_seconds)))
+        out["flat_out_tracing_off"] = await pipeline.run_phase("flat-out, tracing off", _take(workload, flat), None)
 
         # 3. Tracing on (spans exported to a JSONL file, asyncpg spans on): flat out, then fixed offered rates.
         await pipeline.start_services(tracing=True)
-        await pipeline.run_phase("warm-up", _take(workload, args.warmup_events), None)
-        on = await pipeline.run_phase("flat-out, tracing on", _take(workload, args.flat_events), None)
+        await pipeline.run_phase("warm-up", _take(workload, args.warmup_events // 3), None)
+        on = await pipeline.run_phase("flat-out, tracing on", _take(workload, flat), None)
         out["flat_out_tracing_on"] = on
         maximum = on["events_per_s"] or 1.0
         rates: dict[str, float] = {"at_500": 500.0}
         for pct in (10, 50, 80):
             rates[f"at_{pct}pct"] = round(maximum * pct / 100, 1)
         for label, rate in rates.items():
-            count = max(200, int(rate * args.rate_seconds))
+            seconds = args.rate_seconds if label != "at_500" or rate < maximum else args.rate_seconds / 2
+            count = max(200, int(rate * seconds))
             out[label] = await pipeline.run_phase(f"offered {label}", _take(workload, count), rate)
 
-        # 4. Profile: one more flat-out run with py-spy attached to every service.
+        # 4. Where tracing's cost is: tracing on without the per-SQL-statement (asyncpg) spans.
+        if args.tracing_variants:
+            await pipeline.start_services(tracing=True, sql_spans=False)
+            await pipeline.run_phase("warm-up", _take(workload, args.warmup_events // 3), None)
+            out["flat_out_tracing_on_no_sql_spans"] = await pipeline.run_phase(
+                "flat-out, tracing on without SQL spans", _take(workload, flat), None)
+            await pipeline.start_services(tracing=True)
+
+        # 5. Profile: one more flat-out run with py-spy attached to every service.
         if args.profile:
             pids = {name: svc.pid for name, svc in pipeline.services.items()}
-            events = _take(workload, args.flat_events // 2)
+            events = _take(workload, flat // 2)
             seconds = max(5, int(len(events) / maximum))
             progress(f"profiling each service with py-spy for {seconds}s during a flat-out run")
             tasks = {name: asyncio.create_task(asyncio.to_thread(profile_service, pid, seconds,
@@ -225,7 +235,13 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             e2e_p99_ms_at_80pct=pipeline["at_80pct"]["e2e_ms"]["p99"],
             e2e_p999_ms_at_80pct=pipeline["at_80pct"]["e2e_ms"]["p99.9"],
             tracing_throughput_cost_pct=round(100 * (1 - on["events_per_s"] / off["events_per_s"]), 1),
+            sql_statements_per_encounter_event=(off.get("sql") or {}).get("statements_per_encounter_event"),
         )
+        variant = pipeline.get("flat_out_tracing_on_no_sql_spans")
+        if variant:
+            figures["pipeline_events_per_s_tracing_on_no_sql_spans"] = variant["events_per_s"]
+            figures["tracing_throughput_cost_pct_no_sql_spans"] = round(
+                100 * (1 - variant["events_per_s"] / off["events_per_s"]), 1)
         services = ("attribution", "referrals", "care-gaps", "notifications")
         phases = [v for v in pipeline.values() if isinstance(v, dict) and "resources" in v]
         rss = {s: max(p["resources"][s]["peak_rss_mb"] for p in phases if s in p["resources"]) for s in services}
@@ -297,7 +313,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             if not (isinstance(phase, dict) and "e2e_ms" in phase):
                 continue
             e2e = phase["e2e_ms"]
-            lines.append(f"| {key} | {'on' if phase['tracing'] else 'off'} | {phase['offered_per_s'] or 'flat out'} | "
+            tracing = ("on" + ("" if phase.get("sql_spans") else ", no SQL spans")) if phase["tracing"] else "off"
+            lines.append(f"| {key} | {tracing} | {phase['offered_per_s'] or 'flat out'} | "
                          f"{phase['events']:,} | {phase['events_per_s']} | {phase['alerts']:,} | {e2e['p50']} | "
                          f"{e2e['p99']} | {e2e['p99.9']} | {e2e['max']} | {sum(phase['dlq_new'].values())} |")
         lines += ["", f"Baseline (bare aiokafka, 2 consume→produce hops, separate processes, same broker, same "
@@ -313,6 +330,17 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         lines += ["", f"Outbox peak backlog (flat out, tracing on): "
                       f"{json.dumps(pipeline['flat_out_tracing_on']['resources']['outbox_peak_backlog'])}; "
                       f"dead letters at the end: {json.dumps(pipeline['dead_letters_total'])}."]
+        sql = pipeline["flat_out_tracing_off"].get("sql") or {}
+        if sql:
+            lines += ["", "### SQL round trips (pg_stat_statements, flat out, tracing off)", "",
+                      f"{sql['statements']:,} statements for {pipeline['flat_out_tracing_off']['events']:,} encounter "
+                      f"events: **{sql['statements_per_encounter_event']} statements per event** across the four "
+                      f"services; PostgreSQL spent {sql['server_exec_ms_total']:,} ms executing them, "
+                      f"{sql['server_exec_share_of_wall_pct']}% of the phase's wall time (the rest is round trips, "
+                      "Python and scheduling).", "",
+                      "| calls | per event | mean ms | statement |", "|---:|---:|---:|---|"]
+            lines += [f"| {t['calls']:,} | {t['per_event']} | {t['mean_ms']} | `{t['query']}` |"
+                      for t in sql["top_by_calls"]]
         if pipeline.get("profiles"):
             lines += ["", "## Profiles (py-spy, flat out, tracing on)", ""]
             for name, prof in pipeline["profiles"].items():
@@ -348,19 +376,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated parts to run: {','.join(PARTS)}")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy profile")
+    parser.add_argument("--no-tracing-variants", dest="tracing_variants", action="store_false",
+                        help="skip the flat-out phase with tracing on but no per-SQL-statement spans")
     parser.add_argument("--no-write", action="store_true", help="print JSON only; leave BENCHMARKS.md alone")
     parser.add_argument("--shared", action="store_true", help="note that the machine was shared during the run")
     parser.add_argument("--members", type=int, help="synthetic population for the pipeline")
     parser.add_argument("--days", type=int, help="days of ADT generated (the slice that is copied per phase)")
-    parser.add_argument("--flat-events", type=int, help="encounter events per flat-out phase")
+    parser.add_argument("--flat-events", type=int, help="most encounter events per flat-out phase")
+    parser.add_argument("--flat-seconds", type=float, help="flat-out phases are sized to about this long")
     parser.add_argument("--rate-seconds", type=float, help="seconds per fixed-rate phase")
     parser.add_argument("--roster-members", type=int)
     parser.add_argument("--claim-members", type=int)
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {
-        "members": 3000 if quick else 20000, "days": 30 if quick else 60,
-        "flat_events": 3000 if quick else 30000, "rate_seconds": 4 if quick else 15,
+        "members": 2000 if quick else 10000, "days": 60 if quick else 365,
+        "flat_events": 3000 if quick else 40000, "flat_seconds": 6 if quick else 40,
+        "rate_seconds": 4 if quick else 15,
         "roster_members": 50_000 if quick else 1_000_000, "claim_members": 10_000 if quick else 100_000,
     }
     for key, value in defaults.items():

@@ -99,8 +99,12 @@ class Workload:
 
 
 def build_workload(members: int, days: int, seed: int = 9, progress: Progress = _quiet) -> Workload:
-    """Generate the population and translate its ADT feed (not timed as pipeline work)."""
-    config = PopulationConfig(members=members, days=days, seed=seed, lookback_days=180, claims_per_year=3.0)
+    """Generate the population and translate its ADT feed (not timed as pipeline work).
+
+    Claims history is thin (1 claim per member-year over 180 days) to keep the reference load short; it only
+    feeds attribution's plurality step.
+    """
+    config = PopulationConfig(members=members, days=days, seed=seed, lookback_days=180, claims_per_year=1.0)
     population = Population(config)
     index = MemberIndex()
     translator = AdtTranslator(index, population.adt_settings())
@@ -261,7 +265,12 @@ class Pipeline:
     def __init__(self, workdir: Path, progress: Progress = _quiet, batch_max_records: int = 500) -> None:
         self.workdir = workdir
         self.progress = progress
-        self.stack = EmbeddedStack(postgres_settings={"max_connections": "300"})
+        self.stack = EmbeddedStack(postgres_settings={
+            "max_connections": "300",
+            "shared_preload_libraries": "pg_stat_statements",  # statements per event, per phase
+            "pg_stat_statements.max": "5000",
+        })
+        self.statements_available = False
         self.services: dict[str, ServiceProcess] = {}
         self.db: asyncpg.Pool | None = None
         self.observer: Observer | None = None
@@ -270,6 +279,7 @@ class Pipeline:
         self.sent_total = 0
         self.batch_max_records = batch_max_records
         self.tracing = False
+        self.sql_spans = False
         self._reference_counts: dict[str, int] = {}
 
     # -------------------------------------------------------------- lifecycle
@@ -277,6 +287,11 @@ class Pipeline:
         await self.stack.astart()
         await create_catalog_topics(self.stack.kafka_bootstrap_servers)
         self.db = await asyncpg.create_pool(self.stack.database_url, min_size=1, max_size=4)
+        try:
+            await self.db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            self.statements_available = True
+        except asyncpg.PostgresError:
+            self.statements_available = False
         self.observer = Observer(self.stack.kafka_bootstrap_servers, "notifications")
         await self.observer.start()
         return self
@@ -289,7 +304,7 @@ class Pipeline:
             await self.db.close()
         await self.stack.astop()
 
-    def service_env(self, tracing: bool) -> dict[str, str]:
+    def service_env(self, tracing: bool, sql_spans: bool = True) -> dict[str, str]:
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka_bootstrap_servers,
             "DATABASE_URL": self.stack.database_url,
@@ -301,22 +316,26 @@ class Pipeline:
         }
         if tracing:
             env["OTEL_SPANS_FILE"] = str(self.workdir / f"spans-{int(time.time())}.jsonl")
-            env["OTEL_INSTRUMENT_ASYNCPG"] = "true"
+            env["OTEL_INSTRUMENT_ASYNCPG"] = "true" if sql_spans else "false"
             env["OTEL_SDK_DISABLED"] = "false"
         else:
             env["OTEL_SDK_DISABLED"] = "true"
             env["OTEL_INSTRUMENT_ASYNCPG"] = "false"
         return env
 
-    async def start_services(self, tracing: bool) -> None:
+    async def start_services(self, tracing: bool, sql_spans: bool = True) -> None:
         await self.stop_services()
         self.tracing = tracing
-        env = self.service_env(tracing)
+        self.sql_spans = tracing and sql_spans
+        env = self.service_env(tracing, sql_spans)
         for name, (module, _schema) in SERVICES.items():
             self.services[name] = ServiceProcess(module, {**env, "HTTP_PORT": str(free_port())},
                                                  log_dir=self.workdir / "logs")
         await asyncio.gather(*(svc.wait_healthy(timeout=90) for svc in self.services.values()))
-        self.progress(f"services up (tracing {'on: spans to a JSONL file' if tracing else 'off'}): "
+        mode = "off"
+        if tracing:
+            mode = "on: spans to a JSONL file" + ("" if sql_spans else ", no per-SQL-statement spans")
+        self.progress(f"services up (tracing {mode}): "
                       + ", ".join(f"{n} pid {s.pid}" for n, s in self.services.items()))
 
     async def stop_services(self) -> None:
@@ -346,6 +365,31 @@ class Pipeline:
     async def backlog(self, schema: str) -> int:
         assert self.db
         return int(await self.db.fetchval(f"SELECT count(*) FROM {schema}.outbox"))
+
+    async def reset_statements(self) -> None:
+        if self.statements_available and self.db:
+            await self.db.execute("SELECT pg_stat_statements_reset()")
+
+    async def statements(self, events: int, wall_s: float) -> dict[str, Any]:
+        """SQL statements the services ran in a phase (the harness's own probes excluded)."""
+        if not (self.statements_available and self.db):
+            return {}
+        rows = await self.db.fetch(
+            "SELECT query, calls, total_exec_time FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'")
+        probes = (".outbox", ".inbox", ".outbox_published", ".dead_letters")
+        rows = [r for r in rows if not any(p in r["query"] for p in probes)]
+        calls = sum(r["calls"] for r in rows)
+        exec_ms = sum(r["total_exec_time"] for r in rows)
+        top = sorted(rows, key=lambda r: -r["calls"])[:15]
+        return {
+            "statements": calls,
+            "statements_per_encounter_event": round(calls / events, 1) if events else None,
+            "server_exec_ms_total": round(exec_ms),
+            "server_exec_share_of_wall_pct": round(100 * exec_ms / 1000 / wall_s, 1) if wall_s else None,
+            "top_by_calls": [{"calls": r["calls"], "per_event": round(r["calls"] / events, 2) if events else None,
+                              "mean_ms": round(r["total_exec_time"] / max(r["calls"], 1), 3),
+                              "query": " ".join(r["query"].split())[:110]} for r in top],
+        }
 
     async def dead_letters(self) -> dict[str, int]:
         assert self.db
@@ -425,6 +469,7 @@ class Pipeline:
         sampler = Sampler(self.pids(), self.db)
         alerts_before = len(self.observer.alerts)
         dead_before = await self.dead_letters()
+        await self.reset_statements()
         producer = AIOKafkaProducer(bootstrap_servers=self.stack.kafka_bootstrap_servers, acks="all",
                                     linger_ms=2 if rate else 10, max_batch_size=256 * 1024)
         await producer.start()
@@ -468,6 +513,7 @@ class Pipeline:
                 chained.append((arrival - accepted) * 1000)
         combined = direct + chained
         dead_after = await self.dead_letters()
+        sql = await self.statements(len(events), seconds)
         result = {
             "events": len(events),
             "offered_per_s": rate,
@@ -486,7 +532,9 @@ class Pipeline:
                                                "count": len(chained)},
             "dlq_new": {k: dead_after[k] - dead_before.get(k, 0) for k in dead_after},
             "resources": usage,
+            "sql": sql,
             "tracing": self.tracing,
+            "sql_spans": self.sql_spans,
         }
         self.progress(f"phase {name}: {result['events_per_s']} events/s, {len(alerts)} alerts, e2e p50 "
                       f"{result['e2e_ms']['p50']} ms p99 {result['e2e_ms']['p99']} ms, DLQ +"
