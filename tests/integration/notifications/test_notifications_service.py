@@ -178,6 +178,35 @@ async def test_an_admission_within_30_days_of_a_discharge_is_a_readmission_and_s
     await conn.close()
 
 
+async def test_an_encounter_handled_before_its_care_team_is_known_alerts_that_team_once_it_arrives(
+    isolated: Any, service: Any
+) -> None:
+    # Topics are not ordered with each other: the attribution of a new member can arrive after
+    # the member's admission. The team in force at the admission is alerted when it becomes known,
+    # once; a cancelled encounter alerts nobody late.
+    conn = await schema_connection(isolated)
+    await publish(isolated, "encounters", event_bytes("encounter.admitted", event_id="late-1"),
+                  event_bytes("encounter.admitted", event_id="late-2", encounter_id="SEG-V0009",
+                              admitted_at="2026-03-04T08:00:00-05:00"),
+                  event_bytes("encounter.cancelled", event_id="late-3", encounter_id="SEG-V0009", trigger="A11",
+                              cancels="admit", cancelled_at="2026-03-04T09:00:00-05:00"))
+    await eventually(lambda: _consumed(conn, "late-1", "late-2", "late-3"), what="encounters consumed")
+    assert await alerts(conn) == []
+    await publish(isolated, "attribution", event_bytes("attribution.changed", event_id="team-1"))
+    rows = await eventually(lambda: _at_least(conn, 3), what="the late team's admit alerts")
+    assert sorted((r["recipient_role"], r["encounter_id"], r["kind"], r["source_event_id"]) for r in rows) == [
+        ("care_manager", "SEG-V0001", "admit", "late-1"),
+        ("pcp", "SEG-V0001", "admit", "late-1"),
+        ("v1c_provider", "SEG-V0001", "admit", "late-1"),
+    ]
+    # The same team again (a resend) or a change effective later re-alerts nobody.
+    await publish(isolated, "attribution", event_bytes("attribution.changed", event_id="team-1-resend"),
+                  event_bytes("attribution.changed", event_id="team-2", effective_date="2026-06-01"))
+    await eventually(lambda: _consumed(conn, "team-1-resend", "team-2"), what="attribution consumed")
+    assert len(await alerts(conn)) == 3
+    await conn.close()
+
+
 async def _at_least(conn: Any, count: int) -> list[Any] | None:
     rows = await alerts(conn)
     return rows if len(rows) >= count else None

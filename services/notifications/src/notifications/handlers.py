@@ -9,6 +9,7 @@ its push deliveries, publish ``notification.created`` and NOTIFY the live inbox 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
@@ -52,6 +53,9 @@ from .domain.rules import (
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("notifications")
 
+#: Most alert facts one attribution change re-examines (its member's events from its effective date on).
+LATE_TEAM_FACTS_MAX = 200
+
 
 def notification_id_for(organization_id: str, recipient_id: str, subject_key: str, kind: str, retraction: bool) -> str:
     """Deterministic id: the same fact always names the same alert (also the webhook Idempotency-Key)."""
@@ -87,6 +91,19 @@ class AlertHandlers:
         care_team = [m.model_dump(mode="json") for m in changed.care_team]
         await store.record_care_team(uow.conn, changed.member_id, changed.effective_date, changed.method.value,
                                      care_team, event.id)
+        # Events handled before this team was known (the attribution topic may lag the others): the
+        # team in force at their time gets its alerts now; recipients already alerted are skipped.
+        for fact in await store.alert_facts_since(uow.conn, changed.member_id, changed.effective_date,
+                                                  LATE_TEAM_FACTS_MAX):
+            parties = json.loads(fact["parties"])
+            owner = parties.get("gap_owner")
+            await self._raise(
+                uow, event, Kind(fact["kind"]), fact["member_id"], fact["event_time"], fact["subject_key"],
+                fact["encounter_id"], fact["patient_class"], json.loads(fact["facts"]),
+                EventParties(gap_owner=tuple(owner) if owner else None, ordering_npi=parties.get("ordering_npi"),
+                             receiving_npi=parties.get("receiving_npi")),
+                due_date=fact["due_date"], source_event_id=fact["source_event_id"],
+            )
 
     # ------------------------------------------------------------------- encounters
     async def on_encounter(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
@@ -139,6 +156,8 @@ class AlertHandlers:
         """A11/A13: retract, to everyone alerted, the admit- or discharge-alerts of the encounter."""
         cancelled: EncounterCancelled = event.data
         _check_subject(event, cancelled.member_id)
+        await store.forget_alert_facts(uow.conn, cancelled.encounter_id,
+                                       sorted(k.value for k in RETRACTED_BY_CANCEL[cancelled.cancels]))
         if cancelled.cancels == "discharge":
             await store.forget_discharge(uow.conn, cancelled.member_id, cancelled.encounter_id)
         originals = await store.alerts_to_retract(uow.conn, cancelled.encounter_id,
@@ -204,8 +223,14 @@ class AlertHandlers:
     async def _raise(
         self, uow: UnitOfWork, event: CloudEvent[Any], kind: Kind, member_id: str, event_time: datetime,
         subject_key: str, encounter_id: str | None, patient_class: str | None, facts: dict[str, Any],
-        parties: EventParties, due_date: date | None = None,
+        parties: EventParties, due_date: date | None = None, source_event_id: str | None = None,
     ) -> None:
+        source_event_id = source_event_id or event.id
+        await store.record_alert_fact(
+            uow.conn, subject_key=subject_key, kind=kind.value, member_id=member_id, event_time=event_time,
+            encounter_id=encounter_id, patient_class=patient_class, due_date=due_date, facts=facts,
+            parties=dataclasses.asdict(parties), source_event_id=source_event_id,
+        )
         with _tracer.start_as_current_span("notifications.plan_alerts", attributes={"cth.alert_kind": kind.value}):
             care_team = await store.care_team_at(uow.conn, member_id, event_time.date())
             organizations = _organizations(care_team, self.payer_organization_id)
@@ -217,13 +242,16 @@ class AlertHandlers:
             content = _jsonable(content_for(alert.recipient.role, all_facts))
             await self._insert(uow, event, alert, member_id=member_id, subject_key=subject_key,
                                encounter_id=encounter_id, patient_class=patient_class, event_time=event_time,
-                               due_date=due_date, content=content, subscriptions=subscriptions)
+                               due_date=due_date, content=content, subscriptions=subscriptions,
+                               source_event_id=source_event_id)
 
     async def _insert(
         self, uow: UnitOfWork, event: CloudEvent[Any], alert: PlannedAlert, *, member_id: str, subject_key: str,
         encounter_id: str | None, patient_class: str | None, event_time: datetime, due_date: date | None,
         content: dict[str, Any], subscriptions: Sequence[Any], retracts_id: str | None = None,
+        source_event_id: str | None = None,
     ) -> None:
+        source_event_id = source_event_id or event.id
         recipient = alert.recipient
         notification_id = notification_id_for(recipient.organization_id, recipient.recipient_id, subject_key,
                                               alert.kind.value, alert.retraction)
@@ -232,7 +260,7 @@ class AlertHandlers:
             recipient_id=recipient.recipient_id, recipient_role=recipient.role, member_id=member_id,
             kind=alert.kind.value, priority=alert.priority, retraction=alert.retraction, retracts_id=retracts_id,
             subject_key=subject_key, encounter_id=encounter_id, patient_class=patient_class, event_time=event_time,
-            due_date=due_date, content=content, source_event_id=event.id, rules_version=self.rules.version,
+            due_date=due_date, content=content, source_event_id=source_event_id, rules_version=self.rules.version,
         ))
         if sequence is None:
             return  # this recipient already has this alert: a resend, a replay or a second instance of the fact
@@ -244,7 +272,7 @@ class AlertHandlers:
             notification_id=notification_id, member_id=member_id, recipient_id=recipient.recipient_id,
             recipient_role=_contract_role(recipient.role), organization_id=recipient.organization_id,
             kind=NotificationKind(alert.kind.value), priority=alert.priority, encounter_id=encounter_id,
-            sequence=sequence, retraction=alert.retraction, source_event_id=event.id,
+            sequence=sequence, retraction=alert.retraction, source_event_id=source_event_id,
         ), subject=member_id, time=event_time)
 
 

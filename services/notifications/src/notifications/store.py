@@ -51,6 +51,43 @@ async def care_team_at(conn: asyncpg.Connection, member_id: str, on: date) -> li
     return [CareTeamEntry(m["role"], m["id"], m.get("tin")) for m in json.loads(raw)]
 
 
+# --------------------------------------------------------------------------- alert facts
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+async def record_alert_fact(
+    conn: asyncpg.Connection, *, subject_key: str, kind: str, member_id: str, event_time: datetime,
+    encounter_id: str | None, patient_class: str | None, due_date: date | None, facts: dict[str, Any],
+    parties: dict[str, Any], source_event_id: str,
+) -> None:
+    """Keep what an alert is raised from (first fact per subject and kind wins, like the alerts)."""
+    await conn.execute(
+        "INSERT INTO alert_facts(subject_key, kind, member_id, event_time, encounter_id, patient_class, due_date,"
+        " facts, parties, source_event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)"
+        " ON CONFLICT (subject_key, kind) DO NOTHING",
+        subject_key, kind, member_id, event_time, encounter_id, patient_class, due_date,
+        json.dumps(facts, default=_json_default), json.dumps(parties, default=_json_default), source_event_id,
+    )
+
+
+async def alert_facts_since(conn: asyncpg.Connection, member_id: str, since: date, limit: int) -> list[asyncpg.Record]:
+    """A member's alert facts from ``since`` (a care team's effective date) on, oldest first."""
+    return await conn.fetch(
+        "SELECT * FROM alert_facts WHERE member_id = $1 AND event_time >= $2::date"
+        " ORDER BY event_time, subject_key, kind LIMIT $3",
+        member_id, since, limit,
+    )
+
+
+async def forget_alert_facts(conn: asyncpg.Connection, subject_key: str, kinds: Sequence[str]) -> None:
+    """A cancelled encounter's facts raise no more alerts."""
+    await conn.execute("DELETE FROM alert_facts WHERE subject_key = $1 AND kind = ANY($2::text[])",
+                       subject_key, list(kinds))
+
+
 # --------------------------------------------------------------------------- encounters
 async def upsert_encounter(
     conn: asyncpg.Connection, encounter_id: str, member_id: str, facility: dict[str, Any], patient_class: str,
