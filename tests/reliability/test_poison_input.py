@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import httpx
 import pytest
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from cth_shared.auth import issue_token
+from cth_shared.contracts import EXAMPLES, ContractError, new_event, parse_event, registered_types
 from poison_support import (
     SERVICES,
     astop_services,
@@ -314,3 +317,84 @@ async def test_the_inbox_page_shows_hostile_text_as_text_and_never_runs_it(isola
         driver.quit()
         codes = await astop_services(processes)
     assert codes == {"notifications": 0}, log_text(processes)[-4000:]
+
+
+EXTREME_STRINGS = [
+    "'; DROP TABLE inbox; --", "<script>alert(1)</script>", "Ω≈ç√∫˜µ≤≥÷ 👩‍⚕️𝕳", "\u202eRTL\u200b\ufeff",
+    "%s%s%n {0} ${x} {{7*7}}", "NULL", "\\\\server\\share", "ǅ" * 200,
+]
+EXTREME_NUMBERS = [0, -1, 2**31, 2**63, 10**30, 1e308, -1e-308, 0.5]
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _leaves(child, (*path, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _leaves(child, (*path, index))
+    else:
+        yield path, value
+
+
+def extreme_events() -> list[tuple[str, str, bytes]]:
+    """(topic, key, value) of every *valid* event made by putting an extreme value in one field of an example."""
+    out = []
+    serial = 0
+    for name, entry in sorted(registered_types().items()):
+        base = copy.deepcopy(EXAMPLES[name])
+        for path, original in _leaves(base):
+            if isinstance(original, bool):
+                continue
+            candidates: list[Any] = (EXTREME_STRINGS if isinstance(original, str)
+                                     else EXTREME_NUMBERS if isinstance(original, int | float) else [])
+            for candidate in candidates:
+                data = copy.deepcopy(base)
+                node: Any = data
+                for step in path[:-1]:
+                    node = node[step]
+                node[path[-1]] = candidate
+                serial += 1
+                try:
+                    model = entry.model.model_validate(data)
+                except ValueError:
+                    continue  # the contract rejects it: the DLQ path is covered above
+                subject = data.get("member_id") or data.get("npi")
+                event = new_event(model, subject=subject, source="urn:test", tenant="p1", event_id=f"x-{serial}")
+                raw = event.to_json_bytes()
+                try:
+                    parse_event(raw)
+                except ContractError:
+                    continue
+                out.append((entry.topic, subject, raw))
+    return out
+
+
+async def test_valid_events_with_extreme_values_in_any_field_never_fail_a_handler(
+    isolated: Any, tmp_path: Path
+) -> None:
+    events = extreme_events()
+    assert len(events) > 300
+    processes = await start_services(isolated, tmp_path)
+    try:
+        async with producer(isolated) as client:
+            # The care team and directory first, so alerts and routing have something to work with.
+            await send(client, isolated, "attribution", "M000001", event_bytes("attribution.changed"))
+            await send(client, isolated, "provider-directory", "1982736450", event_bytes("provider.upserted"))
+            futures = [await client.send(isolated.topic(topic), value, key=key.encode())
+                       for topic, key, value in events]
+            await asyncio.gather(*futures)
+        for service, (_module, schema, topics) in SERVICES.items():
+            mine = [json.loads(value)["id"] for topic, _k, value in events if topic in topics]
+            conn = await connect(isolated, schema)
+            try:
+                await eventually(lambda conn=conn, ids=mine: _consumed(conn, ids), timeout=90,
+                                 what=f"{service} consumed the extreme events")
+                failures = await conn.fetch(
+                    "SELECT reason, detail, count(*) AS n FROM dead_letters GROUP BY 1, 2 ORDER BY 3 DESC")
+                assert not [dict(f) for f in failures if f["reason"] == "handler_error"], (service, failures)
+            finally:
+                await conn.close()
+    finally:
+        codes = await astop_services(processes)
+    assert codes == dict.fromkeys(SERVICES, 0), log_text(processes)[-4000:]
