@@ -53,6 +53,10 @@ class Rejected(Exception):
         self.detail = detail
 
 
+class _IsolationNeeded(Exception):
+    """A handler failed during the optimistic (savepoint-free) pass: redo the batch isolated."""
+
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
@@ -125,13 +129,21 @@ class BatchProcessor:
             reraise=True,
         ):
             with attempt:
-                await self._apply(parsed)
+                try:
+                    # Optimistic pass: the whole batch in one transaction without a savepoint per
+                    # event (two round trips less per event). If any handler rejects or fails, that
+                    # pass rolls back entirely and the batch is redone with a savepoint per event.
+                    await self._apply(parsed, isolate=False)
+                except _IsolationNeeded:
+                    await self._apply(parsed, isolate=True)
         self._latency.record((time.perf_counter() - started) * 1000, {"service": self.service})
         self.last_batch_at = time.time()
         if self._after_commit:
             self._after_commit()
 
-    async def _apply(self, parsed: list[tuple[ConsumerRecord, CloudEvent[Any] | ContractError]]) -> None:
+    async def _apply(
+        self, parsed: list[tuple[ConsumerRecord, CloudEvent[Any] | ContractError]], *, isolate: bool = True
+    ) -> None:
         batch_span = trace.get_current_span()
         async with self._pool.acquire() as conn, conn.transaction():
             keys = [
@@ -158,11 +170,13 @@ class BatchProcessor:
                     await self._dead_letter(uow, record, item.reason, item.detail)
                     continue
                 consumed += 1
-                await self._handle(uow, record, item, batch_span)
+                await self._handle(uow, record, item, batch_span, isolate)
             await uow.flush()
         self._events.add(consumed, {"service": self.service})
 
-    async def _handle(self, uow: UnitOfWork, record: ConsumerRecord, event: CloudEvent[Any], batch_span: Any) -> None:
+    async def _handle(
+        self, uow: UnitOfWork, record: ConsumerRecord, event: CloudEvent[Any], batch_span: Any, isolate: bool = True
+    ) -> None:
         handler = self._handlers.get(event.type)
         if handler is None:
             return  # a valid event this service does not use (e.g. other types on a shared topic)
@@ -177,6 +191,16 @@ class BatchProcessor:
         ) as span:
             uow.cause = event
             queued = len(uow.rows)
+            if not isolate:
+                try:
+                    await handler(uow, event)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    raise _IsolationNeeded from exc
+                finally:
+                    uow.cause = None
+                return
             try:
                 async with uow.conn.transaction():  # savepoint: a failing event rolls back alone
                     await handler(uow, event)
