@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 from aiokafka import ConsumerRecord
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponential_jitter
 
 from ..contracts import CloudEvent, ContractError, dlq_topic, parse_event, topic_name
@@ -188,6 +188,7 @@ class BatchProcessor:
             kind=SpanKind.CONSUMER,
             links=links,
             attributes={"cth.event_id": event.id, "cth.event_type": event.type, "cth.member_id": event.subject},
+            record_exception=False,  # exception messages can quote event values (PHI)
         ) as span:
             uow.cause = event
             queued = len(uow.rows)
@@ -213,7 +214,9 @@ class BatchProcessor:
                     raise
                 # A bug or an unforeseen input: park this event, keep the partition moving.
                 del uow.rows[queued:]
-                span.record_exception(exc)
+                # The type only: exception messages and tracebacks can quote event values (PHI).
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 _log.exception(
                     "handler failed; event dead-lettered",
                     extra={"service": self.service, "event_id": event.id, "event_type": event.type},
