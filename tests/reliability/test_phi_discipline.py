@@ -267,3 +267,44 @@ async def _wait_until_quiet(isolated: Any, quiet_polls: int = 15) -> None:
     finally:
         for conn in conns.values():
             await conn.close()
+
+
+async def test_a_failing_handler_leaves_only_the_error_type_in_its_spans(isolated: Any, monkeypatch: Any) -> None:
+    """Exception messages and tracebacks can quote event values: a handler failure is traced by type only."""
+    from aiokafka import ConsumerRecord
+    from cth_shared.db import create_pool, run_migrations
+    from cth_shared.messaging import consumer
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from poison_support import event_bytes
+
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(consumer, "_tracer", provider.get_tracer("phi-probe"))
+    pool = await create_pool(isolated.database_url, schema="phi_probe", application_name="phi-probe", max_size=2)
+    try:
+        await run_migrations(pool, "phi_probe", "attribution")
+
+        async def failing(_uow: Any, event: Any) -> None:
+            member = event.data
+            raise ValueError(f"cannot use {member.given_name} {member.family_name} born {member.birth_date}")
+
+        processor = consumer.BatchProcessor(service="echo", pool=pool, handlers={"member.enrolled": failing},
+                                            tenant="t", topic_prefix=isolated.topic_prefix)
+        value = event_bytes("member.enrolled")
+        record = ConsumerRecord(topic=isolated.topic("enrollment"), partition=0, offset=0, timestamp=0,
+                                timestamp_type=0, key=b"M000001", value=value, checksum=None,
+                                serialized_key_size=7, serialized_value_size=len(value), headers=[])
+        await processor.process([record])
+        dead = await pool.fetchrow("SELECT reason, detail FROM dead_letters")
+    finally:
+        await pool.close()
+    assert dict(dead) == {"reason": "handler_error", "detail": "ValueError"}
+    spans = exporter.get_finished_spans()
+    seen = repr([(s.name, dict(s.attributes or {}), [(e.name, dict(e.attributes or {})) for e in s.events],
+                  s.status.description) for s in spans])
+    for phi in ("Ada", "Example", "1950-04-02"):
+        assert phi not in seen, f"{phi!r} in a span: {seen[:2000]}"
+    assert any((s.attributes or {}).get("error.type") == "ValueError" for s in spans)
