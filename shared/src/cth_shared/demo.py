@@ -63,8 +63,7 @@ from .auth import issue_token
 from .broker import make_broker
 from .contracts import CloudEvent, registered_types
 from .contracts.events import ClaimAdjudicated
-from .embedded import free_port
-from .orchestrate import SERVICES, Fleet, ServiceCounters, ServiceDied, Stack, all_counters, consumer_lag
+from .orchestrate import SERVICES, Fleet, LagProbe, ServiceCounters, ServiceDied, Stack, all_counters
 from .producers.hl7_adt import AdtTranslator, MemberIndex
 from .producers.mllp import MllpListener, MllpSettings
 from .producers.publish import EventPublisher, connect_broker
@@ -138,7 +137,7 @@ class WebhookReceiver:
     """An HTTP server on 127.0.0.1: one path per subscribing organization, signatures verified."""
 
     def __init__(self, accepted_at: dict[tuple[str, str], float]) -> None:
-        self.port = free_port()
+        self.port = 0  # bound by uvicorn at start (no race for a "free" port)
         self.secrets: dict[str, str] = {}
         self.alerts: list[ReceivedAlert] = []
         self.recent: deque[ReceivedAlert] = deque(maxlen=12)
@@ -193,7 +192,7 @@ class WebhookReceiver:
         self.recent.append(item)
 
     async def start(self) -> None:
-        config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(self._app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(), name="webhook-receiver")
         deadline = time.monotonic() + 10
@@ -201,6 +200,7 @@ class WebhookReceiver:
             if self._task.done() or time.monotonic() > deadline:
                 raise RuntimeError("the demo's webhook receiver did not start")
             await asyncio.sleep(0.02)
+        self.port = int(self._server.servers[0].sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
@@ -615,20 +615,23 @@ async def _settle(
     """Wait until no consumer lags, no outbox holds rows and no delivery is pending (twice in a row)."""
     deadline = time.monotonic() + timeout
     quiet = 0
-    while time.monotonic() < deadline:
-        if watcher.done():
-            watcher.result()
-        lag = await consumer_lag(stack)
-        outcomes = await read_outcomes(stack.database_url)
-        backlog = sum(c.outbox_backlog for c in outcomes.counters.values())
-        notify("settle", {"lag": lag, "backlog": backlog, "pending": outcomes.deliveries_pending})
-        if sum(lag.values()) == 0 and backlog == 0 and outcomes.deliveries_pending == 0:
-            quiet += 1
-            if quiet >= 2:
-                return
-        else:
-            quiet = 0
-        await asyncio.sleep(0.4)
+    lag: dict[str, int] = {}
+    backlog = 0
+    async with LagProbe(stack) as probe:
+        while time.monotonic() < deadline:
+            if watcher.done():
+                watcher.result()
+            lag = await probe.lag()
+            outcomes = await read_outcomes(stack.database_url)
+            backlog = sum(c.outbox_backlog for c in outcomes.counters.values())
+            notify("settle", {"lag": lag, "backlog": backlog, "pending": outcomes.deliveries_pending})
+            if sum(lag.values()) == 0 and backlog == 0 and outcomes.deliveries_pending == 0:
+                quiet += 1
+                if quiet >= 2:
+                    return
+            else:
+                quiet = 0
+            await asyncio.sleep(0.5)
     raise TimeoutError(f"the services did not catch up within {timeout:.0f} s (lag {lag}, outbox {backlog})")
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,16 +34,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import asyncpg
 import httpx
 
-from .embedded import EmbeddedStack, create_catalog_topics, free_port, pdeathsig_preexec
+from .embedded import EmbeddedStack, create_catalog_topics, pdeathsig_preexec
 
 __all__ = [
     "SERVICES",
     "Fleet",
+    "LagProbe",
     "ManagedService",
     "ServiceCounters",
     "ServiceDied",
@@ -202,6 +204,19 @@ class ManagedService:
                 preexec_fn=pdeathsig_preexec(signal.SIGTERM),
             )
 
+    def bound_port(self) -> int | None:
+        """The HTTP port the service bound (from its "service ready" log line), None before."""
+        try:
+            with self.log_path.open(encoding="utf-8", errors="replace") as log:
+                for line in log:
+                    if '"service ready"' in line:
+                        match = re.search(r'"reason": "http (\d+)"', line)
+                        if match:
+                            return int(match.group(1))
+        except OSError:
+            return None
+        return None
+
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the log."""
         try:
@@ -234,7 +249,9 @@ class Fleet:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "spans").mkdir(exist_ok=True)
         for spec in self.services:
-            port = free_port()
+            # Port 0: the service binds a free port itself and logs it (no race with other
+            # processes picking "free" ports); ``wait_healthy`` reads it back.
+            port = 0
             env = {
                 **os.environ,
                 "PYTHONUNBUFFERED": "1",
@@ -270,6 +287,10 @@ class Fleet:
                 for name, service in list(pending.items()):
                     if not service.running:
                         raise service.died("exited before becoming healthy")
+                    if service.port == 0:
+                        service.port = service.bound_port() or 0
+                        if service.port == 0:
+                            continue
                     try:
                         if (await client.get(f"{service.base_url}/healthz")).status_code == 200:
                             del pending[name]
@@ -371,32 +392,56 @@ async def all_counters(
         await conn.close()
 
 
-async def consumer_lag(stack: Stack, services: Iterable[ServiceSpec] = SERVICES) -> dict[str, int]:
-    """Records each service's consumer group has not committed yet, summed over its input topics.
+class LagProbe:
+    """Consumer lag of the services' groups, over one admin client and one metadata consumer.
 
-    The group id is the service name under the stack's topic prefix (see ``runtime.serve``).
+    The group id is the service name under the stack's topic prefix (see ``runtime.serve``);
+    lag is the sum over the service's input partitions of end offset minus committed offset.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers)
-    await admin.start()
-    await consumer.start()
-    try:
-        await consumer.topics()  # metadata of every topic
-        lag: dict[str, int] = {}
-        for spec in services:
-            names = [f"{stack.topic_prefix}{topic}" for topic in spec.topics]
-            partitions = [TopicPartition(n, p) for n in names for p in (consumer.partitions_for_topic(n) or set())]
-            ends = await consumer.end_offsets(partitions)
-            committed = await admin.list_consumer_group_offsets(
-                f"{stack.topic_prefix}{spec.name}", partitions=partitions
+    def __init__(self, stack: Stack, services: Iterable[ServiceSpec] = SERVICES) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        self.stack = stack
+        self.services = tuple(services)
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap_servers)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap_servers)
+        self._partitions: dict[str, list[Any]] = {}
+
+    async def __aenter__(self) -> Self:
+        from aiokafka import TopicPartition
+
+        await self._admin.start()
+        await self._consumer.start()
+        await self._consumer.topics()  # metadata of every topic
+        for spec in self.services:
+            names = [f"{self.stack.topic_prefix}{topic}" for topic in spec.topics]
+            self._partitions[spec.name] = [
+                TopicPartition(n, p) for n in names for p in (self._consumer.partitions_for_topic(n) or set())
+            ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._consumer.stop()
+        await self._admin.close()
+
+    async def lag(self) -> dict[str, int]:
+        """Uncommitted records per service."""
+        result: dict[str, int] = {}
+        for spec in self.services:
+            partitions = self._partitions[spec.name]
+            ends = await self._consumer.end_offsets(partitions)
+            committed = await self._admin.list_consumer_group_offsets(
+                f"{self.stack.topic_prefix}{spec.name}", partitions=partitions
             )
-            lag[spec.name] = sum(
+            result[spec.name] = sum(
                 max(0, end - max(0, committed[tp].offset if tp in committed else 0)) for tp, end in ends.items()
             )
-        return lag
-    finally:
-        await consumer.stop()
-        await admin.close()
+        return result
+
+
+async def consumer_lag(stack: Stack, services: Iterable[ServiceSpec] = SERVICES) -> dict[str, int]:
+    """One-off :meth:`LagProbe.lag`."""
+    async with LagProbe(stack, services) as probe:
+        return await probe.lag()

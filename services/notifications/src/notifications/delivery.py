@@ -109,8 +109,10 @@ class DeliveryWorker:
         finally:
             self.lanes.pop(endpoint, None)
 
-    async def _circuit(self, endpoint: str) -> Circuit:
-        row = await self.pool.fetchrow(
+    async def _circuit(self, endpoint: str, conn: asyncpg.Connection | None = None) -> Circuit:
+        # Inside a transaction, pass its connection: a second pool connection per lane would
+        # exhaust the pool when many lanes record at once (and stall the consumer too).
+        row = await (conn or self.pool).fetchrow(
             "SELECT state, consecutive_failures, open_until FROM endpoint_circuits WHERE endpoint_url = $1", endpoint
         )
         if row is None:
@@ -213,7 +215,7 @@ class DeliveryWorker:
                 " WHERE delivery_id = $1",
                 delivery["delivery_id"], outcome_state, attempts, first_attempt_at, next_at, now, error_class,
             )
-            circuit = (await self._circuit(delivery["endpoint_url"])).after(
+            circuit = (await self._circuit(delivery["endpoint_url"], conn)).after(
                 outcome, now, self.settings.circuit_failure_threshold, timedelta(seconds=self.settings.circuit_open_s)
             )
             await conn.execute(
