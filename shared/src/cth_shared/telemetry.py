@@ -24,8 +24,9 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
 
 from .settings import StackSettings
 
@@ -83,6 +84,47 @@ class QueryRedactingSpanProcessor(SpanProcessor):
         if isinstance(query, str) and query:
             pairs = parse_qsl(query, keep_blank_values=True)
             span.set_attribute("url.query", urlencode([(key, "REDACTED") for key, _ in pairs]))
+
+
+class ExceptionScrubbingExporter(SpanExporter):
+    """Wraps an exporter: recorded exceptions keep their type, never their message or traceback.
+
+    Exception messages quote the values that failed (an asyncpg ``DataError`` names the bound
+    argument, a validation error its input): PHI. The same goes for an error status description.
+    """
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._inner.export([_scrubbed(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+_EXCEPTION_KEEP = ("exception.type", "exception.escaped")
+
+
+def _scrubbed(span: ReadableSpan) -> ReadableSpan:
+    description = span.status.description
+    if not description and not any(event.name == "exception" for event in span.events):
+        return span
+    events = [
+        Event(event.name, {k: v for k, v in (event.attributes or {}).items() if k in _EXCEPTION_KEEP},
+              event.timestamp)
+        if event.name == "exception" else event
+        for event in span.events
+    ]
+    status = Status(span.status.status_code, description.split(":", 1)[0][:120] if description else None)
+    return ReadableSpan(
+        name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+        attributes=span.attributes, events=events, links=span.links, kind=span.kind, status=status,
+        start_time=span.start_time, end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 @dataclass
@@ -143,11 +185,14 @@ def setup_telemetry(service_name: str, settings: StackSettings) -> Telemetry:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/")
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(ExceptionScrubbingExporter(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
+        )
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics")))
     if settings.otel_spans_file:
         tracer_provider.add_span_processor(
-            BatchSpanProcessor(JsonLinesSpanExporter(settings.otel_spans_file), schedule_delay_millis=500)
+            BatchSpanProcessor(ExceptionScrubbingExporter(JsonLinesSpanExporter(settings.otel_spans_file)),
+                               schedule_delay_millis=500)
         )
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     trace.set_tracer_provider(tracer_provider)
