@@ -188,6 +188,9 @@ class CareGapsUseCases:
                                    "patient_class": admitted.patient_class.value}
         if encounter["discharged_at"] is not None:
             columns.pop("patient_class")  # the discharge's class is the later fact
+        elif (admitted.patient_class != PatientClass.INPATIENT and encounter["inpatient_since"] is not None
+              and encounter["inpatient_since"] >= admitted.admitted_at):
+            columns.pop("patient_class")  # a later conversion to inpatient (A06) that arrived first stands
         reinstated = (encounter["admit_cancelled_at"] is not None and admitted.trigger != "A08"
                       and event.time > encounter["admit_cancelled_at"])
         if reinstated:
