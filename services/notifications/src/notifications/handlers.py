@@ -151,24 +151,36 @@ class AlertHandlers:
                 facts.update(previous_encounter_id=prior["encounter_id"], previous_discharged_at=prior["discharged_at"])
         await self._raise(uow, event, kind, data.member_id, event_time, data.encounter_id, data.encounter_id,
                           data.patient_class.value, facts, parties)
+        cancels = next((c for c, kinds in RETRACTED_BY_CANCEL.items() if kind in kinds), None)
+        if cancels is not None:
+            # The cancel of this admit/discharge may have arrived first: retract right away.
+            cancelled_at = await store.cancel_covering(uow.conn, data.encounter_id, cancels, event_time)
+            if cancelled_at is not None:
+                await self._retract(uow, event, data.member_id, data.encounter_id, cancels, cancelled_at)
 
     async def on_encounter_cancelled(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        """A11/A13: retract, to everyone alerted, the admit- or discharge-alerts of the encounter."""
+        """A11/A13: retract, to everyone alerted, the admit- or discharge-alerts of the encounter.
+
+        The cancel is remembered: when the event it cancels arrives later, its alerts are
+        retracted as soon as they are raised (see :meth:`on_encounter`)."""
         cancelled: EncounterCancelled = event.data
         _check_subject(event, cancelled.member_id)
-        await store.forget_alert_facts(uow.conn, cancelled.encounter_id,
-                                       sorted(k.value for k in RETRACTED_BY_CANCEL[cancelled.cancels]))
-        if cancelled.cancels == "discharge":
-            await store.forget_discharge(uow.conn, cancelled.member_id, cancelled.encounter_id)
-        originals = await store.alerts_to_retract(uow.conn, cancelled.encounter_id,
-                                                  sorted(RETRACTED_BY_CANCEL[cancelled.cancels]))
+        await store.remember_cancel(uow.conn, cancelled.encounter_id, cancelled.cancels, cancelled.cancelled_at)
+        await self._retract(uow, event, cancelled.member_id, cancelled.encounter_id, cancelled.cancels,
+                            cancelled.cancelled_at)
+
+    async def _retract(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str, encounter_id: str,
+                       cancels: str, cancelled_at: datetime) -> None:
+        await store.forget_alert_facts(uow.conn, encounter_id, sorted(k.value for k in RETRACTED_BY_CANCEL[cancels]))
+        if cancels == "discharge":
+            await store.forget_discharge(uow.conn, member_id, encounter_id)
+        originals = await store.alerts_to_retract(uow.conn, encounter_id, sorted(RETRACTED_BY_CANCEL[cancels]))
         if not originals:
             return
         organizations = sorted({o["organization_id"] for o in originals})
         subscriptions = await store.active_subscriptions(uow.conn, organizations)
         for original in originals:
-            content = dict(_json(original["content"]), cancelled_at=cancelled.cancelled_at.isoformat(),
-                           retraction=True)
+            content = dict(_json(original["content"]), cancelled_at=cancelled_at.isoformat(), retraction=True)
             recipient = Recipient(original["recipient_id"], original["recipient_role"], original["organization_id"])
             kind = Kind(original["kind"])
             await self._insert(
@@ -176,10 +188,10 @@ class AlertHandlers:
                 PlannedAlert(recipient, kind, original["priority"], retraction=True),
                 member_id=original["member_id"], subject_key=original["subject_key"],
                 encounter_id=original["encounter_id"], patient_class=original["patient_class"],
-                event_time=cancelled.cancelled_at, due_date=None, content=content,
+                event_time=cancelled_at, due_date=None, content=content,
                 subscriptions=subscriptions, retracts_id=original["notification_id"],
             )
-            await store.mark_retracted(uow.conn, original["notification_id"], cancelled.cancelled_at)
+            await store.mark_retracted(uow.conn, original["notification_id"], cancelled_at)
 
     # ------------------------------------------------------------------- gaps and referrals
     async def on_care_gap(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:

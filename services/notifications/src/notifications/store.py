@@ -214,6 +214,26 @@ async def alerts_to_retract(conn: asyncpg.Connection, subject_key: str, kinds: S
     )
 
 
+async def remember_cancel(conn: asyncpg.Connection, encounter_id: str, cancels: str, cancelled_at: datetime) -> None:
+    """Keep the latest cancel of an encounter's admit or discharge (see migration 0004)."""
+    await conn.execute(
+        "INSERT INTO encounter_cancels(encounter_id, cancels, cancelled_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (encounter_id, cancels) DO UPDATE"
+        " SET cancelled_at = GREATEST(encounter_cancels.cancelled_at, excluded.cancelled_at)",
+        encounter_id, cancels, cancelled_at,
+    )
+
+
+async def cancel_covering(conn: asyncpg.Connection, encounter_id: str, cancels: str, at: datetime
+                          ) -> datetime | None:
+    """When a known cancel covers the encounter's admit/discharge at ``at``: its time, else None."""
+    value: datetime | None = await conn.fetchval(
+        "SELECT cancelled_at FROM encounter_cancels WHERE encounter_id = $1 AND cancels = $2 AND cancelled_at >= $3",
+        encounter_id, cancels, at,
+    )
+    return value
+
+
 async def mark_retracted(conn: asyncpg.Connection, notification_id: str, retracted_at: datetime) -> None:
     await conn.execute("UPDATE notifications SET retracted_at = $2 WHERE notification_id = $1", notification_id,
                        retracted_at)
