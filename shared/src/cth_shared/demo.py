@@ -808,7 +808,7 @@ async def _main(options: ScenarioOptions, kafka: str | None, postgres: str | Non
                                             keep_running=hold if keep else None)
             except ServiceDied as exc:
                 view.live.stop()
-                console.print(f"[red]service {exc.name} died[/red] (exit code {exc.returncode}); log {exc.log_path}:")
+                console.print(f"\n[red]service {exc.name} died[/red] (exit code {exc.returncode}); log {exc.log_path}:")
                 console.print(exc.tail, markup=False, highlight=False)
                 return 1
             except TimeoutError as exc:
