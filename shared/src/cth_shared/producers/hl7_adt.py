@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import hl7
+from hl7.util import unescape
 from pydantic import ValidationError
 
 from cth_shared.contracts import (
@@ -90,6 +91,8 @@ _TS_RE = re.compile(
 _SAFE_CHARS_RE = re.compile(r"[^A-Za-z0-9._:\-]")
 _SAFE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$")
 _SYSTEM_BAD_RE = re.compile(r"[\x00-\x20\x7f]")
+_CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_SEGMENTS = frozenset({"MSH", "BHS", "FHS"})
 
 
 class Hl7Error(ValueError):
@@ -252,12 +255,22 @@ def _normalise(text: str) -> str:
     return text.replace("\r\n", "\r").replace("\n", "\r").strip("\r \t")
 
 
-def parse_hl7(raw: bytes | str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> hl7.Message:
+def parse_hl7(
+    raw: bytes | str,
+    *,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    segments: Collection[str] | None = None,
+) -> hl7.Message:
     """Parse one HL7 v2 message with the ``hl7`` library after structural checks.
 
     Raises :class:`Hl7Error` (never anything else): ``oversize`` above ``max_bytes``,
     ``missing_msh`` when the message does not start with MSH, ``bad_encoding_characters``
     for an unusable MSH-1/MSH-2, ``truncated`` when MSH stops before MSH-12.
+
+    ``segments`` (e.g. :data:`AdtTranslator.SEGMENTS`) limits what the library parses to MSH
+    and the segments with those names: the library builds a container per field, component
+    and repetition, so segments nobody reads (NK1, OBX, AL1, GT1, Z-segments ...) would cost
+    as much as the ones we map. Every segment is parsed when it is None.
     """
     size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
     if size > max_bytes:
@@ -272,6 +285,10 @@ def parse_hl7(raw: bytes | str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
     _check_encoding_characters(text)
     if text.count("\rMSH" + text[3]) > 0:
         raise Hl7Error("unparseable", "more than one MSH segment; send one message per frame")
+    if segments is not None and "\r\r" not in text:  # an empty segment: parse all, as before
+        selected = _select_segments(text, segments)
+        if not selected[-1].isspace():  # the library strips the end: keep the last segment whole
+            text = selected
     try:
         message = hl7.parse(text)
     except Exception as exc:  # the library raises assorted errors on malformed input
@@ -280,6 +297,19 @@ def parse_hl7(raw: bytes | str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
     if len(msh) <= 12 or not _text(msh, 9) or not _text(msh, 12):
         raise Hl7Error("truncated", "MSH ends before MSH-12 (version id); the message looks cut off")
     return message
+
+
+def _select_segments(text: str, names: Collection[str]) -> str:
+    """The segments named ``names``, in order (a name as the library reads it: the text before
+    the first field separator) and every line the library reads as a header (MSH, BHS, FHS: it
+    may reject those, and must go on doing so). The library parses each segment on its own, so
+    the segments kept come out exactly as from the whole message."""
+    field_sep = text[3]
+    return "\r".join(
+        line
+        for line in text.split("\r")
+        if (line[:3] in names and (len(line) == 3 or line[3] == field_sep)) or line[:3] in _HEADER_SEGMENTS
+    )
 
 
 def _check_encoding_characters(text: str) -> None:
@@ -336,10 +366,36 @@ def split_messages(data: bytes) -> list[bytes]:
 
 
 # --------------------------------------------------------------------------- field access
+_list_item = list.__getitem__  # the containers' own __getitem__ only adds slice handling
+
+
 def _text(segment: Any, field_no: int, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
-    """A field value (unescaped: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ resolved), '' when absent."""
+    """A field value (unescaped: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ resolved), '' when absent.
+
+    The same result as ``segment.extract_field(1, field_no, rep, comp, sub)`` (an absent
+    path is ''), read straight from the parsed containers: this runs ~35 times per message,
+    and the library's accessor costs several times the lookup itself.
+    """
     try:
-        value = segment.extract_field(1, field_no, rep, comp, sub)
+        if field_no >= len(segment):
+            return ""
+        value = _list_item(_list_item(segment, field_no), rep - 1)
+        if isinstance(value, hl7.Repetition):
+            if comp > len(value):
+                return ""
+            value = _list_item(value, comp - 1)
+            if isinstance(value, hl7.Component):
+                if sub > len(value):
+                    return ""
+                value = _list_item(value, sub - 1)
+            elif sub != 1:
+                return ""
+        elif comp != 1 or sub != 1:
+            return ""
+        elif field_no in (1, 2) and _list_item(_list_item(segment, 0), 0) == "MSH":
+            return str(value).strip()  # MSH-1/MSH-2 are the separators themselves, never unescaped
+        if value and segment.esc in value:
+            value = unescape(segment, value)
     except (IndexError, KeyError, AttributeError, TypeError):
         return ""
     return str(value).strip() if value is not None else ""
@@ -354,12 +410,19 @@ def _repetitions(segment: Any, field_no: int) -> int:
     return 1 if str(value) else 0
 
 
-def _segments(message: hl7.Message, name: str) -> list[Any]:
-    return [seg for seg in message if str(seg[0]) == name]
+Segments = dict[str, list[Any]]
 
 
-def _first(message: hl7.Message, name: str) -> Any | None:
-    found = _segments(message, name)
+def _index_segments(message: hl7.Message) -> Segments:
+    """The message's segments by name (in order), from one pass over the message."""
+    found: Segments = {}
+    for segment in message:
+        found.setdefault(str(segment[0]), []).append(segment)
+    return found
+
+
+def _first(segments: Segments, name: str) -> Any | None:
+    found = segments.get(name)
     return found[0] if found else None
 
 
@@ -410,6 +473,9 @@ class AdtTranslator:
     time, so members enrolled later are matched by later messages.
     """
 
+    #: The segments the mapping reads: pass as ``parse_hl7(..., segments=...)`` to skip the rest.
+    SEGMENTS = frozenset({"EVN", "PID", "PD1", "ROL", "PV1", "PV2", "IN1", "DG1"})
+
     def __init__(self, index: MemberIndex, settings: AdtSettings | None = None) -> None:
         self.index = index
         self.settings = settings or AdtSettings()
@@ -418,7 +484,7 @@ class AdtTranslator:
     def translate(self, raw: bytes | str | hl7.Message) -> AdtEvent | UnmatchedPatient:
         """Parse and map one message. Raises :class:`Hl7Error` only."""
         message = raw if isinstance(raw, hl7.Message) else parse_hl7(
-            raw, max_bytes=self.settings.max_message_bytes
+            raw, max_bytes=self.settings.max_message_bytes, segments=self.SEGMENTS
         )
         control_id = None
         try:
@@ -451,23 +517,24 @@ class AdtTranslator:
         message_code = _text(msh, 9, 1, 1)
         if message_code != "ADT":
             raise Hl7Error("unsupported_message_type", "MSH-9.1 must be ADT")
-        evn = _first(message, "EVN")
+        segments = _index_segments(message)
+        evn = _first(segments, "EVN")
         trigger = _text(msh, 9, 1, 2) or (_text(evn, 1) if evn is not None else "")
         if trigger not in SUPPORTED_TRIGGERS:
             raise Hl7Error(
                 "unsupported_trigger",
                 f"MSH-9.2 trigger must be one of {', '.join(sorted(SUPPORTED_TRIGGERS))}",
             )
-        pid = _first(message, "PID")
-        pv1 = _first(message, "PV1")
+        pid = _first(segments, "PID")
+        pv1 = _first(segments, "PV1")
         if pid is None or pv1 is None:
             missing = " and ".join(n for n, s in (("PID", pid), ("PV1", pv1)) if s is None)
             raise Hl7Error("truncated", f"required segment {missing} is missing")
 
         event_time = self._event_time(msh, evn)
-        facility = self._facility(msh, evn, pv1, message)
+        facility = self._facility(msh, evn, pv1, segments)
         identifiers = self._identifiers(msh, pid, warnings)
-        member_id = self._member_id(message, identifiers)
+        member_id = self._member_id(segments, identifiers)
         if member_id is None:
             _, reason = self.index.lookup(identifiers)
             return UnmatchedPatient(
@@ -495,7 +562,7 @@ class AdtTranslator:
             "source_message_id": control_id,
             "patient_identifiers": identifiers[:20],
             "attending_npi": self._npi(_text(pv1, 7), "PV1-7", warnings),
-            "reported_pcp_npi": self._pcp(message, warnings),
+            "reported_pcp_npi": self._pcp(segments, warnings),
         }
         data: Any
         if trigger in ("A01", "A04") or (trigger == "A08" and discharged_at is None):
@@ -503,7 +570,7 @@ class AdtTranslator:
                 EncounterAdmitted,
                 common,
                 admitted_at=admitted_at or event_time,
-                diagnoses=self._diagnoses(message, warnings),
+                diagnoses=self._diagnoses(segments, warnings),
             )
         elif trigger in ("A03", "A08"):
             data = self._model(
@@ -512,7 +579,7 @@ class AdtTranslator:
                 admitted_at=admitted_at,
                 discharged_at=discharged_at or event_time,
                 disposition=self._disposition(pv1),
-                diagnoses=self._diagnoses(message, warnings),
+                diagnoses=self._diagnoses(segments, warnings),
             )
         elif trigger == "A02":
             data = self._model(
@@ -576,7 +643,7 @@ class AdtTranslator:
                 return moment
         raise Hl7Error("missing_field", "no event time in EVN-6, EVN-2 or MSH-7")
 
-    def _facility(self, msh: Any, evn: Any | None, pv1: Any, message: hl7.Message) -> Facility:
+    def _facility(self, msh: Any, evn: Any | None, pv1: Any, segments: Segments) -> Facility:
         configured = self.settings.facilities.get(_text(msh, 4, 1, 1)) or self.settings.facilities.get(
             _text(msh, 4, 1, 2)
         )
@@ -599,7 +666,7 @@ class AdtTranslator:
                 "unknown_facility",
                 "no facility NPI in EVN-7, PV1-3.4 or MSH-4 and the sending facility (MSH-4) is not configured",
             )
-        pv2 = _first(message, "PV2")
+        pv2 = _first(segments, "PV2")
         name = (
             (_text(pv2, 23, 1, 1) if pv2 is not None else "")
             or (configured.name if configured is not None else "")
@@ -607,7 +674,7 @@ class AdtTranslator:
             or _text(msh, 4, 1, 1)
             or npi
         )
-        name = re.sub(r"[\x00-\x1f\x7f]", " ", name)[:200]
+        name = _CONTROL_CHARS_RE.sub(" ", name)[:200]
         return Facility(npi=npi, name=name, tin=configured.tin if configured is not None else None)
 
     def _identifiers(self, msh: Any, pid: Any, warnings: list[str]) -> list[Identifier]:
@@ -640,8 +707,8 @@ class AdtTranslator:
             system = f"urn:cth:facility:{_text(msh, 4, 1, 1) or 'unknown'}"
         return _SYSTEM_BAD_RE.sub("-", system)[:128]
 
-    def _member_id(self, message: hl7.Message, identifiers: list[Identifier]) -> str | None:
-        for in1 in _segments(message, "IN1"):
+    def _member_id(self, segments: Segments, identifiers: list[Identifier]) -> str | None:
+        for in1 in segments.get("IN1", ()):
             policy = _text(in1, 36)
             if policy and self.index.is_member(policy):
                 return policy
@@ -689,21 +756,21 @@ class AdtTranslator:
         warnings.append(f"{name} is not a valid NPI; ignored")
         return None
 
-    def _pcp(self, message: hl7.Message, warnings: list[str]) -> str | None:
-        for rol in _segments(message, "ROL"):
+    def _pcp(self, segments: Segments, warnings: list[str]) -> str | None:
+        for rol in segments.get("ROL", ()):
             if _text(rol, 3, 1, 1).upper() == "PP":
                 npi = self._npi(_text(rol, 4, 1, 1), "ROL-4", warnings)
                 if npi:
                     return npi
-        pd1 = _first(message, "PD1")
+        pd1 = _first(segments, "PD1")
         if pd1 is not None:
             return self._npi(_text(pd1, 4, 1, 1), "PD1-4", warnings)
         return None
 
-    def _diagnoses(self, message: hl7.Message, warnings: list[str]) -> list[Diagnosis]:
+    def _diagnoses(self, segments: Segments, warnings: list[str]) -> list[Diagnosis]:
         diagnoses: list[Diagnosis] = []
         seen: set[str] = set()
-        for position, dg1 in enumerate(_segments(message, "DG1"), start=1):
+        for position, dg1 in enumerate(segments.get("DG1", ()), start=1):
             code = _text(dg1, 3, 1, 1).upper()
             system = _text(dg1, 3, 1, 3).upper() or _text(dg1, 2).upper()
             if not code or code in seen:
