@@ -9,6 +9,10 @@ Framing: ``0x0B <message> 0x1C 0x0D``. For every frame the listener:
    error) when the broker did not acknowledge in time, so the sender keeps the message and
    resends it. Resends are harmless: the event id derives from MSH-10.
 
+A connection may pipeline (``MllpSettings.max_in_flight`` frames): the listener reads and
+translates the next frame while earlier events wait for the broker, and writes the ACKs
+strictly in the order the frames arrived. A sender that waits for each ACK sees no difference.
+
 A patient who is not a member is accepted (``AA``; nothing to publish, MSA-3 says so),
 counted and handed to ``on_unmatched``: a hospital feed carries everyone, and NAK-ing a
 non-member would stall the sender's queue forever.
@@ -56,6 +60,7 @@ START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 
 EventSink = Callable[[CloudEvent[Any]], Awaitable[None]]
+Writer = asyncio.StreamWriter
 
 
 def frame(message: bytes | str) -> bytes:
@@ -198,6 +203,10 @@ class MllpSettings:
     ack_timeout: float = 10.0
     max_connections: int = 256
     shutdown_grace: float = 10.0
+    #: Frames one connection may have awaiting their ACK. A sender that waits for each ACK
+    #: (most interface engines) has one; one that pipelines gets its ACKs in order while the
+    #: broker acknowledges several events at once. 1 = strictly one message at a time.
+    max_in_flight: int = 64
 
 
 @dataclass
@@ -291,59 +300,94 @@ class MllpListener:
             read_timeout=self.settings.read_timeout,
             idle_timeout=self.settings.idle_timeout,
         )
+        # Replies in arrival order: the next frame is read and translated while earlier ones
+        # wait for the broker; the ACK writer answers strictly in order.
+        replies: asyncio.Queue[asyncio.Future[str] | None] = asyncio.Queue(max(1, self.settings.max_in_flight))
+        acks = asyncio.create_task(self._write_acks(replies, writer))
         try:
-            while not self._closing:
-                try:
+            try:
+                while not self._closing and not acks.done():
                     item = await frames.read()
-                except TimeoutError:
-                    self.stats.timeouts += 1
-                    break
-                if item is None:
-                    break
-                self._connections[task] = True
-                reply = await self._answer(item)
-                writer.write(frame(reply))
-                await asyncio.wait_for(writer.drain(), self.settings.read_timeout)
-                self._connections[task] = False
+                    if item is None:
+                        break
+                    self._connections[task] = True
+                    await replies.put(self._answer(item))
+                    self._connections[task] = False
+            except TimeoutError:
+                self.stats.timeouts += 1
+            except asyncio.CancelledError:
+                if self._connections.get(task):
+                    raise  # stop()'s grace is over
+                # stop() ended the wait for the next frame: answer what was read, then close.
+                task.uncancel()
+            self._connections[task] = True
+            await replies.put(None)
+            await acks
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            # stop() cancels idle connections; ending normally keeps Python 3.11's stream
-            # callback from logging the cancellation as an unhandled error.
+            # stop() cancels connections after its grace; ending normally keeps Python 3.11's
+            # stream callback from logging the cancellation as an unhandled error.
             pass
         finally:
+            acks.cancel()
+            while not replies.empty():
+                pending = replies.get_nowait()
+                if pending is not None:
+                    pending.cancel()
             self.stats.junk_bytes += frames.junk_bytes
             self._connections.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
+    async def _write_acks(self, replies: asyncio.Queue[asyncio.Future[str] | None], writer: Writer) -> None:
+        """Write each reply once it is known, in the order the frames arrived (until None)."""
+        broken = False
+        while (pending := await replies.get()) is not None:
+            reply = await pending
+            if broken:
+                continue  # keep taking replies so the reader never waits on a full queue
+            try:
+                writer.write(frame(reply))
+                if writer.transport.get_write_buffer_size() > 1 << 16:
+                    await asyncio.wait_for(writer.drain(), self.settings.read_timeout)
+            except (ConnectionError, TimeoutError, OSError):
+                broken = True  # the reader sees the connection end and stops
+
     def _reject(self, reason: str) -> None:
         self.stats.rejected += 1
         self.stats.rejected_reasons[reason] = self.stats.rejected_reasons.get(reason, 0) + 1
 
-    async def _answer(self, item: bytes | OversizeFrame) -> str:
+    def _answer(self, item: bytes | OversizeFrame) -> asyncio.Future[str]:
+        """The reply to one frame: known at once, or once the broker acknowledged its event."""
+        reply = asyncio.get_running_loop().create_future()
         self.stats.received += 1
         if isinstance(item, OversizeFrame):
             self.stats.oversize += 1
             self._reject("oversize")
             limit = self.settings.max_frame_bytes
-            return build_ack(None, "AR", f"oversize: frame exceeds the {limit} byte limit")
+            reply.set_result(build_ack(None, "AR", f"oversize: frame exceeds the {limit} byte limit"))
+            return reply
         message: hl7.Message | None = None
         try:
-            message = parse_hl7(item, max_bytes=self.translator.settings.max_message_bytes)
+            message = parse_hl7(
+                item, max_bytes=self.translator.settings.max_message_bytes, segments=self.translator.SEGMENTS
+            )
             result = self.translator.translate(message)
         except Hl7Error as error:
             self._reject(error.reason)
             log.info("hl7 message rejected: %s (control id %s)", error.reason, error.control_id)
-            return build_ack(message, "AR", f"{error.reason}: {error.detail}")
+            reply.set_result(build_ack(message, "AR", f"{error.reason}: {error.detail}"))
+            return reply
         if isinstance(result, UnmatchedPatient):
             self.stats.unmatched += 1
             log.info("%s", result)  # no PHI: control id, facility NPI, identifier systems
             if self._on_unmatched is not None:
                 self._on_unmatched(result)
-            return build_ack(message, "AA", "accepted: patient is not a member of this payer (reported)")
-        return await self._publish(message, result)
+            reply.set_result(build_ack(message, "AA", "accepted: patient is not a member of this payer (reported)"))
+            return reply
+        return asyncio.ensure_future(self._publish(message, result))
 
     async def _publish(self, message: hl7.Message, result: AdtEvent) -> str:
         try:
