@@ -210,9 +210,10 @@ async def test_no_phi_in_spans_metrics_or_logs(isolated: Any, tmp_path: Path) ->
                                            adt_settings=population.adt_settings())
                     assert summary.failed == 0 and summary.errors == 0, summary.render()
                     await _wait_until_quiet(isolated)
-            await eventually(lambda: asyncio.sleep(0, len(receiver.requests) > 0), what="webhooks delivered")
+            await eventually(lambda: asyncio.sleep(0, len(receiver.requests) > 0), timeout=90,
+                             what="webhooks delivered")
         finally:
-            codes = await astop_services(processes)
+            codes = await astop_services(processes, timeout=45)  # a final flush of many spans
     assert codes == dict.fromkeys(SERVICES, 0), log_text(processes)[-4000:]
 
     terms = phi_terms(published, population)
@@ -263,7 +264,7 @@ async def _wait_until_quiet(isolated: Any, quiet_polls: int = 15) -> None:
             last = now
             return steady >= quiet_polls
 
-        await eventually(quiet, timeout=120, what="all services done with the population")
+        await eventually(quiet, timeout=180, what="all services done with the population")
     finally:
         for conn in conns.values():
             await conn.close()
