@@ -114,21 +114,15 @@ async def run_pipeline(args: argparse.Namespace, workdir: Path) -> dict[str, Any
                            "events_per_s": round(baseline.events_per_s, 1)}
         progress(f"baseline: {baseline.events_per_s:,.0f} events/s")
 
-        # 2. Services with tracing off; reference data; warm-up; flat out.
+        # 2. Services with tracing off; reference data; warm-up; flat out; fixed offered rates.
         await pipeline.start_services(tracing=False)
         out["reference_load"] = await pipeline.load_reference(workload)
         warm = await pipeline.run_phase("warm-up", _take(workload, args.warmup_events), None)
         # Size the flat-out phases to ~flat_seconds at the warm-up's rate (bounded by --flat-events).
         flat = int(min(args.flat_events, max(1000, (warm["events_per_s"] or 100) * args.flat_seconds)))
-        out["flat_out_tracing_off"] = await pipeline.run_phase("flat-out, tracing off", _take(workload, flat), None)
-
-        # 3. Tracing on (spans exported to a JSONL file, asyncpg spans on): flat out, then fixed offered rates.
-        await pipeline.start_services(tracing=True)
-        warm_on = await pipeline.run_phase("warm-up", _take(workload, args.warmup_events // 3), None)
-        flat_on = int(min(args.flat_events, max(1000, (warm_on["events_per_s"] or 100) * args.flat_seconds)))
-        on = await pipeline.run_phase("flat-out, tracing on", _take(workload, flat_on), None)
-        out["flat_out_tracing_on"] = on
-        maximum = on["events_per_s"] or 1.0
+        off1 = await pipeline.run_phase("flat-out, tracing off (1)", _take(workload, flat), None)
+        out["flat_out_tracing_off"] = off1
+        maximum = off1["events_per_s"] or 1.0
         rates: dict[str, float] = {"at_500": 500.0}
         for pct in (10, 50, 80):
             rates[f"at_{pct}pct"] = round(maximum * pct / 100, 1)
@@ -138,19 +132,27 @@ async def run_pipeline(args: argparse.Namespace, workdir: Path) -> dict[str, Any
             count = max(200, int(min(rate, maximum) * args.rate_seconds))
             out[label] = await pipeline.run_phase(f"offered {label}", _take(workload, count), rate)
 
-        # 4. Where tracing's cost is: tracing on without the per-SQL-statement (asyncpg) spans.
-        if args.tracing_variants:
-            await pipeline.start_services(tracing=True, sql_spans=False)
-            await pipeline.run_phase("warm-up", _take(workload, args.warmup_events // 3), None)
-            out["flat_out_tracing_on_no_sql_spans"] = await pipeline.run_phase(
-                "flat-out, tracing on without SQL spans", _take(workload, (flat + flat_on) // 2), None)
-            await pipeline.start_services(tracing=True)
+        # 3. Tracing on vs off, alternated (off, on, [on without SQL spans], off, on) so that a shared
+        #    machine's load swings hit both sides; each restart is followed by a small warm-up.
+        small = max(300, args.warmup_events // 4)
 
-        # 5. Profile: one more flat-out run with py-spy attached to every service.
+        async def flat_phase(name: str, tracing: bool, sql_spans: bool = True) -> dict[str, Any]:
+            await pipeline.start_services(tracing=tracing, sql_spans=sql_spans)
+            await pipeline.run_phase("warm-up", _take(workload, small), None)
+            return await pipeline.run_phase(name, _take(workload, flat), None)
+
+        out["flat_out_tracing_on"] = await flat_phase("flat-out, tracing on (1)", True)
+        if args.tracing_variants:
+            out["flat_out_tracing_on_no_sql_spans"] = await flat_phase(
+                "flat-out, tracing on without SQL spans", True, sql_spans=False)
+        out["flat_out_tracing_off_2"] = await flat_phase("flat-out, tracing off (2)", False)
+        out["flat_out_tracing_on_2"] = await flat_phase("flat-out, tracing on (2)", True)
+
+        # 4. Profile (tracing on, as deployed): one more flat-out run with py-spy attached to every service.
         if args.profile:
             pids = {name: svc.pid for name, svc in pipeline.services.items()}
-            events = _take(workload, flat_on // 2)
-            seconds = max(5, int(len(events) / maximum))
+            events = _take(workload, flat // 2)
+            seconds = max(5, int(len(events) / (out["flat_out_tracing_on_2"]["events_per_s"] or maximum)))
             progress(f"profiling each service with py-spy for {seconds}s during a flat-out run")
             tasks = {name: asyncio.create_task(asyncio.to_thread(profile_service, pid, seconds,
                                                                  workdir / f"profile-{name}"))
@@ -168,9 +170,10 @@ async def run_pipeline(args: argparse.Namespace, workdir: Path) -> dict[str, Any
 async def run_bulk(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from bench.attribution_bulk import bench
 
-    progress(f"bulk: roster of {args.roster_members:,} members (load + unchanged reload) and claims backfill "
+    reload = " + unchanged reload" if args.bulk_reload else ""
+    progress(f"bulk: roster of {args.roster_members:,} members (load{reload}) and claims backfill "
              f"for {args.claim_members:,} members (own embedded stack)")
-    result = await bench(args.roster_members, args.claim_members, 5000, workdir)
+    result = await bench(args.roster_members, args.claim_members, 5000, workdir, reload=args.bulk_reload)
     progress(f"bulk: roster {result['roster_first_load']['members_per_s']:,} members/s, claims "
              f"{result['claims_backfill']['claim_lines_per_s']:,} lines/s")
     return result
@@ -191,7 +194,7 @@ def extrapolate_year(pipeline: dict[str, Any], plan_members: int = 3_000_000) ->
     member_years = work["members"] * work["days"] / 365
     per_member_year = work["adt_messages"] / member_years
     events = per_member_year * plan_members
-    rate = pipeline["flat_out_tracing_on"]["events_per_s"]
+    rate = pipeline["flat_out_tracing_off"]["events_per_s"]
     seconds = events / rate
     return {
         "plan_members": plan_members,
@@ -218,45 +221,53 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     pipeline = results.get("pipeline")
     if pipeline:
         on, off = pipeline["flat_out_tracing_on"], pipeline["flat_out_tracing_off"]
+        offs = [p["events_per_s"] for p in (off, pipeline.get("flat_out_tracing_off_2")) if p]
+        ons = [p["events_per_s"] for p in (on, pipeline.get("flat_out_tracing_on_2")) if p]
+        off_rate, on_rate = sum(offs) / len(offs), sum(ons) / len(ons)
         base = pipeline["baseline"]["events_per_s"]
         figures.update(
-            pipeline_events_per_s=on["events_per_s"],
-            pipeline_events_per_s_tracing_off=off["events_per_s"],
+            pipeline_events_per_s=round(off_rate, 1),
+            pipeline_events_per_s_each_tracing_off_run=offs,
+            pipeline_events_per_s_tracing_on=round(on_rate, 1),
+            pipeline_events_per_s_each_tracing_on_run=ons,
             baseline_events_per_s=base,
-            pipeline_to_baseline_ratio=round(on["events_per_s"] / base, 3) if base else None,
-            pipeline_to_baseline_ratio_tracing_off=round(off["events_per_s"] / base, 3) if base else None,
-            alerts_per_s=on["alerts_per_s"],
+            pipeline_to_baseline_ratio=round(off_rate / base, 3) if base else None,
+            pipeline_to_baseline_ratio_tracing_on=round(on_rate / base, 3) if base else None,
+            alerts_per_s=off["alerts_per_s"],
             e2e_p50_ms_at_500=pipeline["at_500"]["e2e_ms"]["p50"],
             e2e_p99_ms_at_500=pipeline["at_500"]["e2e_ms"]["p99"],
             e2e_p999_ms_at_500=pipeline["at_500"]["e2e_ms"]["p99.9"],
             e2e_p50_ms_at_10pct=pipeline["at_10pct"]["e2e_ms"]["p50"],
             e2e_p99_ms_at_10pct=pipeline["at_10pct"]["e2e_ms"]["p99"],
+            e2e_p999_ms_at_10pct=pipeline["at_10pct"]["e2e_ms"]["p99.9"],
             e2e_p50_ms_at_50pct=pipeline["at_50pct"]["e2e_ms"]["p50"],
             e2e_p99_ms_at_50pct=pipeline["at_50pct"]["e2e_ms"]["p99"],
+            e2e_p999_ms_at_50pct=pipeline["at_50pct"]["e2e_ms"]["p99.9"],
             e2e_p50_ms_at_80pct=pipeline["at_80pct"]["e2e_ms"]["p50"],
             e2e_p99_ms_at_80pct=pipeline["at_80pct"]["e2e_ms"]["p99"],
             e2e_p999_ms_at_80pct=pipeline["at_80pct"]["e2e_ms"]["p99.9"],
-            tracing_throughput_cost_pct=round(100 * (1 - on["events_per_s"] / off["events_per_s"]), 1),
+            tracing_throughput_cost_pct=round(100 * (1 - on_rate / off_rate), 1),
             sql_statements_per_encounter_event=(off.get("sql") or {}).get("statements_per_encounter_event"),
         )
         variant = pipeline.get("flat_out_tracing_on_no_sql_spans")
         if variant:
             figures["pipeline_events_per_s_tracing_on_no_sql_spans"] = variant["events_per_s"]
             figures["tracing_throughput_cost_pct_no_sql_spans"] = round(
-                100 * (1 - variant["events_per_s"] / off["events_per_s"]), 1)
+                100 * (1 - variant["events_per_s"] / off_rate), 1)
         services = ("attribution", "referrals", "care-gaps", "notifications")
         phases = [v for v in pipeline.values() if isinstance(v, dict) and "resources" in v]
         rss = {s: max(p["resources"][s]["peak_rss_mb"] for p in phases if s in p["resources"]) for s in services}
         figures["service_peak_rss_mb"] = rss
         figures["max_service_rss_mb"] = max(rss.values())
-        figures["service_cpu_cores_flat_out"] = {s: on["resources"][s]["cpu_cores"]
+        figures["service_cpu_cores_flat_out"] = {s: off["resources"][s]["cpu_cores"]
                                                  for s in (*services, "postgres", "broker")}
-        figures["outbox_peak_backlog_flat_out"] = on["resources"]["outbox_peak_backlog"]
+        figures["outbox_peak_backlog_flat_out"] = off["resources"]["outbox_peak_backlog"]
         figures["dead_letters_total"] = pipeline["dead_letters_total"]
     bulk = results.get("bulk")
     if bulk:
         figures["roster_members_per_s"] = bulk["roster_first_load"]["members_per_s"]
-        figures["roster_reload_unchanged_members_per_s"] = bulk["roster_reload_unchanged"]["members_per_s"]
+        if "roster_reload_unchanged" in bulk:
+            figures["roster_reload_unchanged_members_per_s"] = bulk["roster_reload_unchanged"]["members_per_s"]
         figures["claim_lines_per_s"] = bulk["claims_backfill"]["claim_lines_per_s"]
         figures["bulk_python_peak_rss_mb"] = bulk["python_peak_rss_mb"]
         figures["bulk_postgres_rss_mb"] = bulk["postgres_rss_mb_end"]
@@ -324,13 +335,13 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                       f"({pipeline['baseline']['events']:,} records).",
                   "", f"Workload: {json.dumps(pipeline['workload'])}",
                   "", f"Reference data load: {json.dumps(pipeline['reference_load'])}",
-                  "", "### CPU (cores used) and peak RSS per process, flat out with tracing on", "",
+                  "", "### CPU (cores used) and peak RSS per process, flat out (tracing off, first run)", "",
                   "| process | CPU cores | peak RSS MB |", "|---|---:|---:|"]
-        for name, usage in pipeline["flat_out_tracing_on"]["resources"].items():
+        for name, usage in pipeline["flat_out_tracing_off"]["resources"].items():
             if name != "outbox_peak_backlog":
                 lines.append(f"| {name} | {usage['cpu_cores']} | {usage['peak_rss_mb']} |")
-        lines += ["", f"Outbox peak backlog (flat out, tracing on): "
-                      f"{json.dumps(pipeline['flat_out_tracing_on']['resources']['outbox_peak_backlog'])}; "
+        lines += ["", f"Outbox peak backlog (flat out, tracing off): "
+                      f"{json.dumps(pipeline['flat_out_tracing_off']['resources']['outbox_peak_backlog'])}; "
                       f"dead letters at the end: {json.dumps(pipeline['dead_letters_total'])}."]
         sql = pipeline["flat_out_tracing_off"].get("sql") or {}
         if sql:
@@ -388,14 +399,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--flat-seconds", type=float, help="flat-out phases are sized to about this long")
     parser.add_argument("--rate-seconds", type=float, help="seconds per fixed-rate phase")
     parser.add_argument("--roster-members", type=int)
+    parser.add_argument("--bulk-reload", action="store_true",
+                        help="also time an unchanged roster reload (must emit nothing; ~as long as the load)")
     parser.add_argument("--claim-members", type=int)
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {
-        "members": 2000 if quick else 6000, "days": 60 if quick else 365,
-        "flat_events": 3000 if quick else 40000, "flat_seconds": 6 if quick else 30,
-        "rate_seconds": 4 if quick else 15,
-        "roster_members": 50_000 if quick else 1_000_000, "claim_members": 10_000 if quick else 60_000,
+        "members": 2000 if quick else 4000, "days": 60 if quick else 365,
+        "flat_events": 3000 if quick else 40000, "flat_seconds": 6 if quick else 20,
+        "rate_seconds": 4 if quick else 10,
+        "roster_members": 50_000 if quick else 1_000_000, "claim_members": 10_000 if quick else 40_000,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -403,7 +416,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.warmup_events = 500 if quick else 3000
     args.baseline_events = 5000 if quick else 40000
     args.routing_providers = 100_000
-    args.routing_referrals = 2000 if quick else 20000
+    args.routing_referrals = 2000 if quick else 10000
     chosen = [p.strip() for p in args.only.split(",") if p.strip()] or list(PARTS)
     skipped = {p.strip() for p in args.skip.split(",") if p.strip()}
     unknown = (set(chosen) | skipped) - set(PARTS)
