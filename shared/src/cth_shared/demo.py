@@ -87,6 +87,8 @@ SERVICE_ENV = {
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
     "OTEL_TRACES_SAMPLER_ARG": "0.01",
 }
+#: One delivery lane per subscribed endpoint (~90 here) shares the pool with the consumer.
+PER_SERVICE_ENV = {"notifications": {"DB_POOL_MAX_SIZE": "30"}}
 GATEWAY = "mllp-gateway"
 KIND_TO_EVENT = {
     "admit": "encounter.admitted",
@@ -375,7 +377,7 @@ async def _inbox_link(stack: Stack, fleet: Fleet, population: Population) -> tup
 
 
 class Acknowledger:
-    """Simulated clinicians: acknowledge urgent and high alerts through the inbox API."""
+    """Simulated clinicians: acknowledge urgent and high encounter alerts through the inbox API."""
 
     def __init__(self, base_url: str, tokens: dict[str, str]) -> None:
         self.base_url = base_url
@@ -388,7 +390,7 @@ class Acknowledger:
         """Acknowledge the urgent and high alerts received since the last call (errors are counted)."""
         pending = alerts[self._next:]
         self._next = len(alerts)
-        wanted = [a for a in pending if a.priority in ACK_PRIORITIES and not a.retraction]
+        wanted = [a for a in pending if a.priority in ACK_PRIORITIES and a.kind in KIND_TO_EVENT and not a.retraction]
         if not wanted:
             return
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as api:
@@ -424,7 +426,7 @@ async def run_scenario(
     started = time.monotonic()
     population = Population(PopulationConfig(members=options.members, seed=options.seed, days=options.days))
     await stack.create_topics()
-    fleet = Fleet(stack, run_dir, env=SERVICE_ENV)
+    fleet = Fleet(stack, run_dir, env=SERVICE_ENV, per_service_env=PER_SERVICE_ENV)
     fleet.start()
     receiver: WebhookReceiver | None = None
     listener: MllpListener | None = None
