@@ -41,8 +41,8 @@ from poison_support import SERVICES, Receiver, astop_services, connect, eventual
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
-CONFIG = PopulationConfig(members=60, seed=11, start=date(2026, 3, 1), days=30, lookback_days=120,
-                          admissions_per_year=3.0, ed_visits_per_year=2.0, v1c_visits_per_year=4.0,
+CONFIG = PopulationConfig(members=40, seed=11, start=date(2026, 3, 1), days=30, lookback_days=90,
+                          admissions_per_year=4.0, ed_visits_per_year=2.0, v1c_visits_per_year=4.0,
                           referrals_per_year=2.0)
 
 
