@@ -110,7 +110,7 @@ async def faulty_run(
                     tasks.append(restart_postgres(number))
                 if tasks:
                     await asyncio.gather(*tasks)
-                await hub.settle(180)
+                await hub.settle(max(180, len(phase) * 0.1))
                 trace(f"faulty phase {number}: {len(phase)} events in {time.monotonic() - phase_started:.1f}s")
             for module, process in hub.processes.items():
                 assert process.running, f"{module} died unexpectedly\n{process.log_tail()}"

@@ -252,26 +252,40 @@ class Hub:
         self._publisher: EventPublisher | None = None
         self.subscription_secret: str | None = None
         self.phase_seconds: list[tuple[int, float]] = []
+        self._probe: asyncpg.Connection | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        for process in self.processes.values():
-            process.start()
-        await asyncio.gather(*(p.wait_healthy(timeout=90) for p in self.processes.values()))
+        await asyncio.gather(*(self._launch(module) for module in self.processes))
         self._broker = KafkaBroker(self.env.kafka_bootstrap_servers)
         await connect_broker(self._broker)
         self._publisher = EventPublisher(self._broker, topic_prefix=self.env.topic_prefix, window=1000)
 
     async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.terminate()
+            self._probe = None
         await asyncio.gather(*(p.aterminate(timeout=20) for p in self.processes.values()))
         if self._broker is not None:
             with contextlib.suppress(Exception):
                 await self._broker.stop()
 
     async def restart(self, module: str) -> None:
+        await self._launch(module)
+
+    async def _launch(self, module: str) -> None:
+        """Start and wait until healthy; a port taken meanwhile by another process gets a new one."""
         process = self.processes[module]
-        process.start()
-        await process.wait_healthy(timeout=90)
+        for _attempt in range(3):
+            process.start()
+            try:
+                await process.wait_healthy(timeout=90)
+                return
+            except AssertionError:
+                if process.running or "Address already in use" not in process.log_tail(3):
+                    raise
+                process.env["HTTP_PORT"] = str(free_port())
+        raise AssertionError(f"{module}: no free HTTP port after 3 attempts")
 
     def logs(self) -> str:
         return "\n".join(p.log_tail(30) for p in self.processes.values())
@@ -335,6 +349,18 @@ class Hub:
                 "SELECT count(*) FROM notifications.deliveries WHERE status = 'pending'")
         return state
 
+    def backlog(self, state: dict[str, Any]) -> int:
+        """Records published (input and produced) that subscribers have not consumed yet."""
+        missing = 0
+        for module, (schema, topics, _out) in SERVICES.items():
+            if module not in self.processes:
+                continue
+            inbox = state["inbox"].get(schema, {})
+            for name in topics:
+                topic = self.env.topic(name)
+                missing += max(0, self.published[topic] + state["published"][topic] - inbox.get(topic, 0))
+        return missing
+
     def _consistent(self, state: dict[str, Any]) -> list[str]:
         problems = []
         for schema, pending in state["outbox"].items():
@@ -360,14 +386,15 @@ class Hub:
         problems: list[str] = ["not checked"]
         while True:
             try:
-                conn = await self.connect()
-                try:
-                    state = await self.progress(conn)
-                finally:
-                    await conn.close()
+                if self._probe is None or self._probe.is_closed():
+                    self._probe = await self.connect()
+                state = await self.progress(self._probe)
                 problems = self._consistent(state)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 state, problems = {}, [f"database unavailable ({type(exc).__name__})"]
+                if self._probe is not None:
+                    self._probe.terminate()
+                    self._probe = None
             if not problems and state == previous:
                 return  # consistent twice in a row with no movement in between
             previous = state if not problems else None
@@ -385,7 +412,7 @@ class Hub:
             await self.publish(phase)
             if on_phase is not None:
                 await on_phase(number)
-            await self.settle(settle_timeout)
+            await self.settle(max(settle_timeout, len(phase) * 0.1))
             self.phase_seconds.append((len(phase), time.monotonic() - started))
             trace(f"{self.label} phase {number}: {len(phase)} events in {time.monotonic() - started:.1f}s")
 
@@ -506,8 +533,10 @@ def _dict_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))[:2000]
 
 
-#: Fields of emitted events that are processing artefacts (see VOLATILE_BY_TABLE).
-VOLATILE_EVENT_FIELDS = frozenset({"sequence", "source_event_id", "detected_at"})
+#: Fields of emitted events that are processing artefacts (see VOLATILE_BY_TABLE); delivery
+#: receipts happen on wall time, and a delivery interrupted by a crash is attempted again.
+VOLATILE_EVENT_FIELDS = frozenset({"sequence", "source_event_id", "detected_at", "delivered_at", "attempts"})
+WALL_TIME_EVENTS = frozenset({"notification.delivered", "notification.failed", "notification.acknowledged"})
 
 
 def canonical_event(value: bytes) -> tuple[str, str, str]:
@@ -516,7 +545,7 @@ def canonical_event(value: bytes) -> tuple[str, str, str]:
     envelope = json.loads(value)
     data = {k: v for k, v in (envelope.get("data") or {}).items() if k not in VOLATILE_EVENT_FIELDS}
     overdue = envelope.get("type") == "care_gap.overdue" or data.get("kind") == "gap_overdue"
-    stable_time = None if overdue else envelope.get("time")
+    stable_time = None if overdue or envelope.get("type") in WALL_TIME_EVENTS else envelope.get("time")
     content = json.dumps({"type": envelope.get("type"), "subject": envelope.get("subject"), "time": stable_time,
                           "data": data}, sort_keys=True)
     return envelope["id"], envelope.get("type", ""), content

@@ -13,6 +13,13 @@ order of facts across topics (a care team known before an admission, the tenant-
 clock, capacity shared by members) are not promised by the design, so the input is published in
 phases and the whole system settles between phases (see ``reliability_support``). Faults land
 inside phases, while events are being consumed, relayed and delivered.
+
+Left out of the comparison, because they record processing rather than facts
+(``reliability_support.VOLATILE_*``): row write times, database sequences, ids of events
+produced by services (random UUIDs; the events are compared by content and counted by distinct
+id instead), per-recipient alert sequence numbers (gapless per recipient, interleaved across
+members), the event-clock instant at which a gap was detected overdue, the owner recorded on a
+gap when it closed, capacity left at routing time, and webhook attempt counts and times.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ async def run(infra: Any, scenario: Scenario, log_dir: Path) -> tuple[Snapshot, 
 async def test_every_input_twice_and_partly_out_of_order_gives_the_promised_same_state(
     infra: Any, tmp_path: Path
 ) -> None:
-    once = build_scenario(crash_population(members=800, seed=SEED, days=12, lookback_days=60), chunk_days=1)
+    once = build_scenario(crash_population(members=600, seed=SEED, days=10, lookback_days=45), chunk_days=1)
     twice, swaps = delivered_twice_partly_out_of_order(once, SEED)
     assert swaps >= 10 and len(twice) == 2 * len(once)
     (ref, cols, sent_once), (got, _, sent_twice) = await asyncio.gather(
