@@ -754,7 +754,8 @@ def print_summary(result: ScenarioResult, total_s: float) -> None:
     table.add_row("ADT accepted → alert received", f"{latency} over {len(result.latencies_ms())} encounter alerts")
     dlq = {name: c.dead_letters for name, c in o.counters.items() if c.dead_letters}
     table.add_row("dead letters", ", ".join(f"{k} {v}" for k, v in dlq.items()) or "none")
-    table.add_row("took", f"{total_s:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in result.elapsed.items()) + ")")
+    table.add_row("took", f"{total_s:.1f} s (" + ", ".join(f"{k} at {v:.1f} s" for k, v in result.elapsed.items())
+                  + ")")
     out.print(table)
     services = Table(title="per service", title_justify="left")
     for column in ("service", "events consumed", "events produced", "outbox backlog", "dead letters"):
