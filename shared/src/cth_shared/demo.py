@@ -788,6 +788,23 @@ def check(result: ScenarioResult) -> list[str]:
     return problems
 
 
+async def _fresh_slice(stack: Stack) -> Stack:
+    """On external infrastructure: a new database and topic prefix for this run (ids repeat per seed)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    token = f"{int(time.time())}{os.getpid() % 1000:03d}"
+    database = f"cth_demo_{token}"
+    admin = await asyncpg.connect(stack.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    parts = urlsplit(stack.database_url)
+    url = urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+    console.print(f"external infrastructure: database {database}, topic prefix demo{token}.")
+    return Stack(stack.kafka_bootstrap_servers, url, f"demo{token}.", env=stack.env)
+
+
 async def _main(options: ScenarioOptions, kafka: str | None, postgres: str | None, keep: bool) -> int:
     started = time.monotonic()
     run_dir = Path(tempfile.mkdtemp(prefix="cth-demo-"))
@@ -809,6 +826,8 @@ async def _main(options: ScenarioOptions, kafka: str | None, postgres: str | Non
         await stop.wait()
 
     stack = Stack.start(kafka=kafka, postgres=postgres, use_env=False)
+    if stack.kind == "external":
+        stack = await _fresh_slice(stack)
     try:
         where = "embedded" if stack.kind == "embedded" else "external"
         console.print(f"{where} stack: Kafka {stack.kafka_bootstrap_servers}, "
