@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 HOP_TOPICS = ("encounters", "care-gaps", "notifications")
+#: Same as the services' default (``kafka_fetch_max_wait_ms``): Tansu holds an empty fetch this long.
+FETCH_MAX_WAIT_MS = 20
 
 
 @dataclass
@@ -36,6 +38,7 @@ def _hop_process(bootstrap: str, source: str, target: str, expected: int, group:
         consumer = AIOKafkaConsumer(
             source, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
             enable_auto_commit=False, session_timeout_ms=2000, heartbeat_interval_ms=300, max_poll_records=500,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
         await consumer.start()
@@ -62,7 +65,8 @@ def _hop_process(bootstrap: str, source: str, target: str, expected: int, group:
 
 async def _drain(bootstrap: str, topic: str, expected: int, group: str, hops: list, timeout: float) -> float:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                                session_timeout_ms=2000, heartbeat_interval_ms=300)
+                                session_timeout_ms=2000, heartbeat_interval_ms=300,
+                                fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
     await consumer.start()
     seen = 0
     deadline = time.monotonic() + timeout

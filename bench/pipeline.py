@@ -163,7 +163,7 @@ class Observer:
         self._consumer = AIOKafkaConsumer(
             topic, bootstrap_servers=bootstrap, group_id=f"bench-observer-{os.getpid()}-{time.time_ns()}",
             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=500,
-            max_poll_records=2000, fetch_max_bytes=16 * 1024 * 1024,
+            max_poll_records=2000, fetch_max_bytes=16 * 1024 * 1024, fetch_max_wait_ms=10,
         )
         self.alerts: list[tuple[float, str, str, str]] = []  # (arrival, kind, source_event_id, correlation)
         self.last_arrival = 0.0

@@ -157,6 +157,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         ack_policy=AckPolicy.ACK,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         decoder=decode_raw_batch,
     )
 

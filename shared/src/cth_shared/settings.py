@@ -29,6 +29,10 @@ class StackSettings(BaseSettings):
         10_000, description="Tansu makes every group join wait half of this; the embedded stack lowers it"
     )
     kafka_heartbeat_interval_ms: int = 3_000
+    kafka_fetch_max_wait_ms: int = Field(
+        20, description="Longest a consumer's fetch waits on the broker for new records. Tansu does not answer a "
+        "waiting fetch when records arrive, so with the client default (500) every hop could add up to 500 ms"
+    )
     topic_prefix: str = Field("", description="Prefix for every topic name (tests isolate with it)")
 
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
