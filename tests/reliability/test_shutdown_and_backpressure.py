@@ -67,8 +67,7 @@ async def test_sigterm_finishes_the_batch_in_flight_commits_it_and_loses_nothing
             process = hub.processes[module]
             await hub.publish(backlog)
             total = len(backlog)
-            # Wait until a batch transaction is open (the consumer is mid-batch: statements
-            # other than the relay's inside an open transaction of the service's connections).
+            # Wait until a batch transaction is open (the consumer is mid-batch).
             conn = await hub.connect()
             try:
                 deadline = time.monotonic() + 120
@@ -76,10 +75,10 @@ async def test_sigterm_finishes_the_batch_in_flight_commits_it_and_loses_nothing
                     # First the count, then the open transaction: a batch seen open afterwards
                     # cannot be part of ``before``, so finishing it must make the count grow.
                     before = await conn.fetchval(f"SELECT count(*) FROM {schema}.inbox")
-                    in_flight = await conn.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND application_name = $1 AND xact_start IS NOT NULL AND state <> 'idle'"
-                        " AND query NOT ILIKE '%outbox%' AND query NOT ILIKE '%advisory%'", "attribution")
+                    in_flight = await conn.fetchval(  # a batch holds the inbox lock until it commits
+                        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                        " WHERE a.application_name = $1 AND l.relation = $2::regclass"
+                        " AND l.mode = 'RowExclusiveLock' AND l.granted", "attribution", f"{schema}.inbox")
                     if in_flight and before >= 200:
                         break
                     assert time.monotonic() < deadline, process.log_tail()
