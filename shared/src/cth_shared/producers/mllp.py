@@ -181,6 +181,21 @@ def build_ack(original: hl7.Message | None, code: str, text: str = "") -> str:
     return str(ack)
 
 
+def _ack_source(message: hl7.Message) -> hl7.Message | None:
+    """What :func:`build_ack` needs of ``message`` while its event waits for the broker: the MSH.
+
+    Holding only the header lets the rest of the parsed tree (a few hundred containers) go at
+    once: with many messages in flight, the whole trees would survive into the garbage
+    collector's older generations and make every full collection slower. None when the
+    library cannot make an ACK from the whole message (the generic ACK then, as before).
+    """
+    try:
+        message.segments("MSH")
+    except Exception:
+        return None
+    return message[:1]
+
+
 def ack_code(ack: str | bytes) -> str:
     """MSA-1 of an ACK (AA, AE, AR, ...), or '' when it cannot be read."""
     text = ack.decode(errors="replace") if isinstance(ack, bytes) else ack
@@ -387,9 +402,9 @@ class MllpListener:
                 self._on_unmatched(result)
             reply.set_result(build_ack(message, "AA", "accepted: patient is not a member of this payer (reported)"))
             return reply
-        return asyncio.ensure_future(self._publish(message, result))
+        return asyncio.ensure_future(self._publish(_ack_source(message), result))
 
-    async def _publish(self, message: hl7.Message, result: AdtEvent) -> str:
+    async def _publish(self, message: hl7.Message | None, result: AdtEvent) -> str:
         try:
             await asyncio.wait_for(self._sink(result.event), self.settings.ack_timeout)
         except Exception as exc:
