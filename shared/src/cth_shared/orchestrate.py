@@ -143,6 +143,8 @@ class Stack:
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
             "DATABASE_URL": self.database_url,
             "TOPIC_PREFIX": self.topic_prefix,
+            # The demo's and benchmarks' webhook receivers listen on 127.0.0.1 (see notifications.endpoints).
+            "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
         }
         if self.embedded is not None:  # Tansu makes every group join wait half the session timeout
             env["KAFKA_SESSION_TIMEOUT_MS"] = "2000"

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, HttpUrl
 from . import store
 from .domain.fhir_message import renders_as_fhir
 from .domain.rules import ENCOUNTER_KINDS, Kind
+from .endpoints import EndpointForbidden, check_endpoint
 from .rendering import notification_bundle, notification_json
 from .settings import NotificationSettings
 
@@ -295,6 +296,11 @@ def create_api(ctx: ServiceContext) -> FastAPI:
         if body.channel == "fhir_message" and kinds is not None and not set(kinds) <= encounter_kinds:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
                                 "fhir_message subscriptions carry encounter kinds only")
+        if body.endpoint_url is not None:
+            try:
+                await check_endpoint(str(body.endpoint_url), allow_private=settings.webhook_allow_private_networks)
+            except EndpointForbidden as exc:
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
         subscription_id = "S-" + uuid.uuid4().hex[:16]
         secret = "whsec_" + secrets.token_urlsafe(32) if body.channel != "inbox" else None
         await pool.execute(

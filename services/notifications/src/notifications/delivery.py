@@ -24,6 +24,7 @@ from opentelemetry import metrics, propagate, trace
 
 from .domain.delivery_policy import Circuit, CircuitState, Outcome, RetrySchedule, classify_status
 from .domain.signing import sign
+from .endpoints import EndpointForbidden, check_endpoint
 from .rendering import notification_bundle, notification_json
 from .settings import NotificationSettings
 
@@ -170,15 +171,21 @@ class DeliveryWorker:
                         "cth.member_id": row["member_id"]},
         ) as span:
             try:
+                await check_endpoint(delivery["endpoint_url"],
+                                     allow_private=self.settings.webhook_allow_private_networks)
                 response = await self.client.post(delivery["endpoint_url"], content=body, headers=headers,
                                                   timeout=self.settings.delivery_timeout_s)
                 status_code = response.status_code
                 span.set_attribute("http.response.status_code", status_code)
+            except EndpointForbidden:
+                error_class = "endpoint_forbidden"
+                span.set_attribute("error.type", error_class)
             except httpx.HTTPError as exc:
                 error_class = type(exc).__name__
                 span.set_attribute("error.type", error_class)
         latency_ms = (time.perf_counter() - started) * 1000
-        outcome = classify_status(status_code)
+        # A forbidden endpoint is not retried: it dead-letters at once (replayable after a fix).
+        outcome = Outcome.DEAD if error_class == "endpoint_forbidden" else classify_status(status_code)
         if status_code is not None and outcome is not Outcome.DELIVERED:
             error_class = f"HTTP {status_code}"
         _attempts_counter.add(1, {"channel": delivery["channel"], "outcome": outcome.value})

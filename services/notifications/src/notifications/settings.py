@@ -31,6 +31,9 @@ class NotificationSettings(ServiceSettings):
     delivery_lease_s: float = Field(60.0, description="A claimed delivery is re-claimable after this (crash safety)")
     delivery_batch_per_endpoint: int = Field(20, description="Deliveries one endpoint lane claims at a time")
     circuit_failure_threshold: int = Field(5, description="Consecutive failures that open an endpoint's circuit")
+    webhook_allow_private_networks: bool = Field(
+        False, description="Allow endpoints on loopback/private addresses and plain http (development, tests, demo "
+        "only; see notifications.endpoints)")
     circuit_open_s: float = Field(30.0, description="How long an open circuit skips its endpoint before a probe")
 
     # inbox

@@ -94,6 +94,8 @@ class Infra:
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
             "DATABASE_URL": self.database_url,
+            # The tests' webhook receivers listen on 127.0.0.1 (see notifications.endpoints).
+            "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
         }
         if self.kind == "embedded":
             env["KAFKA_SESSION_TIMEOUT_MS"] = str(EMBEDDED_CONSUMER_TIMEOUTS["session_timeout_ms"])
