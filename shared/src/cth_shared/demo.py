@@ -151,14 +151,21 @@ class WebhookReceiver:
         self._task: asyncio.Task[Any] | None = None
 
     def url(self, organization_id: str) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/{organization_id}"
+        """One endpoint for every organization (one delivery lane, batched claims); the body's
+        ``recipient.organization_id`` picks the secret that must verify the signature."""
+        return f"http://127.0.0.1:{self.port}/hooks"
 
     def _app(self) -> FastAPI:
         api = FastAPI()
 
-        @api.post("/hooks/{organization_id}")
-        async def receive(organization_id: str, request: Request) -> Response:
+        @api.post("/hooks")
+        async def receive(request: Request) -> Response:
             body = await request.body()
+            try:
+                organization_id = str(json.loads(body)["recipient"]["organization_id"])
+            except (ValueError, KeyError, TypeError):
+                self.bad_signatures += 1
+                return Response(status_code=400)
             secret = self.secrets.get(organization_id)
             signature = request.headers.get("x-cth-signature", "")
             if secret is None or not verify_signature(secret, signature, body, int(time.time())):
