@@ -87,8 +87,7 @@ SERVICE_ENV = {
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
     "OTEL_TRACES_SAMPLER_ARG": "0.01",
 }
-#: One delivery lane per subscribed endpoint (~90 here) shares the pool with the consumer.
-PER_SERVICE_ENV = {"notifications": {"DB_POOL_MAX_SIZE": "30"}}
+PER_SERVICE_ENV: dict[str, dict[str, str]] = {}
 GATEWAY = "mllp-gateway"
 KIND_TO_EVENT = {
     "admit": "encounter.admitted",
