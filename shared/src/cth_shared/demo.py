@@ -443,6 +443,10 @@ async def run_scenario(
     adt_broker = None
     try:
         notify("services", {"state": "starting", "log_dir": str(run_dir)})
+        # while the services start: read the timeline up to the month (claims history to a CSV)
+        period_start = datetime.combine(population.config.start, datetime.min.time(), tzinfo=UTC)
+        timeline = population.timeline()
+        history, claims_file, claim_lines, first_live = _split_history(timeline, period_start, run_dir)
         await fleet.wait_healthy()
         timings["services healthy"] = time.monotonic() - started
         notify("services", {"state": "healthy"})
@@ -464,7 +468,6 @@ async def run_scenario(
         listener = MllpListener(AdtTranslator(index, population.adt_settings()), gateway, MllpSettings(port=0))
         await listener.start()
         acknowledger = Acknowledger(fleet["notifications"].base_url, tokens)
-        period_start = datetime.combine(population.config.start, datetime.min.time(), tzinfo=UTC)
 
         async def watch() -> None:
             while True:
@@ -488,8 +491,6 @@ async def run_scenario(
             return task.result()
 
         try:
-            timeline = population.timeline()
-            history, claims_file, claim_lines, first_live = _split_history(timeline, period_start, run_dir)
             async with open_publisher(settings, client_id="cth-demo-producer") as publisher:
                 # 1. directory and roster as events (every service needs them)
                 notify("history", {"stage": "directory + roster", "total": len(history)})
