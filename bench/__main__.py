@@ -34,7 +34,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 NOTES = ROOT / "bench" / "notes.md"
-PARTS = ("pipeline", "bulk", "routing")
+PARTS = ("pipeline", "hl7", "routing", "bulk")
 console = Console(stderr=True, highlight=False)
 
 TARGETS = {
@@ -185,6 +185,26 @@ def run_routing(args: argparse.Namespace) -> dict[str, Any]:
     progress(f"routing: {args.routing_referrals:,} referrals against {args.routing_providers:,} providers")
     result = run(args.routing_providers, args.routing_referrals)
     progress(f"routing: {result['referrals_per_s']:,} referrals/s")
+    return result
+
+
+def run_hl7(args: argparse.Namespace) -> dict[str, Any]:
+    """bench/hl7_translate.py (the producer toolkit's gateway benchmark), as its own process."""
+    command = [sys.executable, "-m", "bench.hl7_translate", "--json", "--messages", str(args.hl7_messages)]
+    if args.quick:
+        command.append("--no-mllp")
+    progress(f"hl7: {' '.join(command[1:])}")
+    try:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out after 300 s"}
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-400:]}"}
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"no JSON on stdout: {proc.stdout.strip()[-400:]}"}
+    progress("hl7: done")
     return result
 
 
@@ -372,6 +392,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     if results.get("bulk"):
         lines += ["", "## Attribution bulk (roster + claims backfill)", "", "```json",
                   json.dumps(results["bulk"], indent=2), "```"]
+    if results.get("hl7"):
+        lines += ["", "## HL7 v2 ADT translation and MLLP gateway (bench/hl7_translate.py)", "", "```json",
+                  json.dumps(results["hl7"], indent=2), "```"]
     if results.get("routing"):
         lines += ["", "## Referral routing (100,000 providers)", "", "```json",
                   json.dumps(results["routing"], indent=2), "```"]
@@ -416,6 +439,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.warmup_events = 500 if quick else 3000
     args.baseline_events = 5000 if quick else 40000
     args.routing_providers = 100_000
+    args.hl7_messages = 1000 if quick else 5000
     args.routing_referrals = 2000 if quick else 10000
     chosen = [p.strip() for p in args.only.split(",") if p.strip()] or list(PARTS)
     skipped = {p.strip() for p in args.skip.split(",") if p.strip()}
@@ -447,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         if "pipeline" in args.parts:
             results["pipeline"] = asyncio.run(run_pipeline(args, workdir / "pipeline"))
             results["year_extrapolation"] = extrapolate_year(results["pipeline"])
+        if "hl7" in args.parts:
+            results["hl7"] = run_hl7(args)
         if "routing" in args.parts:
             results["routing"] = run_routing(args)
         if "bulk" in args.parts:
