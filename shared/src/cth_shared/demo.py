@@ -82,6 +82,9 @@ SERVICE_ENV = {
     "DELIVERY_INITIAL_BACKOFF_S": "0.5",
     "DELIVERY_MAX_BACKOFF_S": "2",
     "RELAY_POLL_INTERVAL_MS": "100",
+    # Each idle consumer asks the broker every fetch wait; 100 ms instead of 20 ms halves the idle
+    # CPU of the broker and the services on 2 cores, for at most 0.1 s more per hop.
+    "KAFKA_FETCH_MAX_WAIT_MS": "100",
     # Every trace that starts at the MLLP gateway is kept (its context says "sampled"); of the
     # traces that start inside a service (the bulk history has no parent) 1 in 100.
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
