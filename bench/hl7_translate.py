@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -100,29 +101,14 @@ def workload(messages: int, seed: int = 7) -> tuple[list[str], MemberIndex, Popu
     return [found[i % len(found)] for i in range(messages)], index, population
 
 
-def _best_rate(run: Any, count: int, repeats: int) -> float:
-    """Messages per CPU second of the fastest of ``repeats`` runs.
-
-    CPU time of this process, not wall time: on a shared machine (other services, tests) the
-    wall clock measures the neighbours; the ratios between the runs are what to compare.
-    """
-    best = float("inf")
-    for _ in range(repeats):
-        gc.collect()
-        started = time.process_time()
-        run()
-        best = min(best, time.process_time() - started)
-    return count / best
-
-
 def measure_cpu(messages: list[str], index: MemberIndex, population: Population, repeats: int,
                 variants: list[Variant]) -> dict[str, Any]:
     raw = [m.encode() for m in messages]  # what the listener gets from the socket
-    runs: dict[str, Callable[[], None]] = {}
+    runs: dict[str, Callable[[range], None]] = {}
 
-    def floor() -> None:
-        for message in messages:
-            hl7.parse(message)
+    def floor(chunk: range) -> None:
+        for i in chunk:
+            hl7.parse(messages[i])
 
     runs["floor"] = floor
     outcomes: Counter[str] = Counter()
@@ -132,24 +118,38 @@ def measure_cpu(messages: list[str], index: MemberIndex, population: Population,
             result = translate(message)
             outcomes[f"{variant.name}:{'event' if hasattr(result, 'event') else 'unmatched'}"] += 1
 
-        def full(translate: Callable[[bytes], Any] = translate) -> None:
-            for message in raw:
-                translate(message)
+        def full(chunk: range, translate: Callable[[bytes], Any] = translate) -> None:
+            for i in chunk:
+                translate(raw[i])
 
-        def full_with_json(translate: Callable[[bytes], Any] = translate) -> None:  # + the publisher's JSON
-            for message in raw:
-                result = translate(message)
+        def full_with_json(chunk: range, translate: Callable[[bytes], Any] = translate) -> None:
+            for i in chunk:  # + what the publisher adds: the event's JSON bytes
+                result = translate(raw[i])
                 if hasattr(result, "event"):
                     result.event.to_json_bytes()
 
         runs[f"translate:{variant.name}"] = full
         runs[f"translate_json:{variant.name}"] = full_with_json
-    # Interleave the runs so that background load hits each about equally.
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            rates[name].append(_best_rate(run, len(messages), 1))
-    best = {name: max(values) for name, values in rates.items()}
+    # Paired and finely interleaved: every chunk of 100 messages goes through every run back to
+    # back (in rotating order), so a burst of load from other processes hits all runs alike; the
+    # ratios are medians of the per-chunk ratios.
+    names = list(runs)
+    chunks = [range(i, min(i + 100, len(messages))) for i in range(0, len(messages), 100)]
+    totals = {name: [0.0] * repeats for name in names}
+    per_chunk: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        gc.collect()
+        for number, chunk in enumerate(chunks):
+            spent: dict[str, float] = {}
+            for name in names[number % len(names):] + names[: number % len(names)]:
+                started = time.process_time()
+                runs[name](chunk)
+                spent[name] = time.process_time() - started
+                totals[name][repeat] += spent[name]
+            for name in names:
+                per_chunk[name].append(spent[name] / max(spent["floor"], 1e-9))
+    best = {name: len(messages) / min(values) for name, values in totals.items()}
+    cost = {name: statistics.median(values) for name, values in per_chunk.items()}  # x the floor's time
     result: dict[str, Any] = {
         "messages": len(messages),
         "outcomes": dict(outcomes),
@@ -162,8 +162,13 @@ def measure_cpu(messages: list[str], index: MemberIndex, population: Population,
         rate, with_json = best[f"translate:{variant.name}"], best[f"translate_json:{variant.name}"]
         result[f"translate_msgs_per_s{suffix}"] = round(rate)
         result[f"translate_us_per_msg{suffix}"] = round(1e6 / rate, 1)
-        result[f"translate_to_floor_ratio{suffix}"] = round(rate / best["floor"], 3)
+        result[f"translate_to_floor_ratio{suffix}"] = round(1 / cost[f"translate:{variant.name}"], 3)
+        result[f"translate_time_x_floor{suffix}"] = round(cost[f"translate:{variant.name}"], 3)
         result[f"translate_json_msgs_per_s{suffix}"] = round(with_json)
+    if len(variants) > 1:  # the paired speed-up of the working tree over the revision
+        tree, rev = (f"translate:{v.name}" for v in variants[:2])
+        result["translate_speedup_vs_rev"] = round(statistics.median(
+            b / a for a, b in zip(per_chunk[tree], per_chunk[rev], strict=True)), 3)
     return result
 
 
@@ -281,6 +286,8 @@ def main() -> None:
         print(f"  translate  {variant.name[:24]:<24}   {cpu[f'translate_msgs_per_s{suffix}']:>7,} msg/CPU-s  "
               f"({cpu[f'translate_us_per_msg{suffix}']} us) = {cpu[f'translate_to_floor_ratio{suffix}']} x floor; "
               f"with the event's JSON {cpu[f'translate_json_msgs_per_s{suffix}']:,}/s")
+    if "translate_speedup_vs_rev" in cpu:
+        print(f"  working tree vs {args.against}: {cpu['translate_speedup_vs_rev']} x faster (median of paired chunks)")
     for part in ("mllp", "mllp_simulated_broker"):
         if part not in result:
             continue
