@@ -245,7 +245,7 @@ async def measure_mllp(messages: list[str], index: MemberIndex, population: Popu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000, help="messages per measured pass")
-    parser.add_argument("--repeats", type=int, default=5, help="passes per CPU measurement (best counts)")
+    parser.add_argument("--repeats", type=int, default=3, help="paired passes over the messages for the CPU figures")
     parser.add_argument("--no-mllp", action="store_true", help="skip the MLLP + embedded broker part")
     parser.add_argument("--connections", type=int, default=16, help="MLLP connections (replay lanes)")
     parser.add_argument("--window", type=int, default=64, help="messages in flight per MLLP connection")
