@@ -9,7 +9,8 @@ claim lines), never from what the services stored:
 * an enrolled member with a selected PCP who is discharged home from an inpatient stay gets a
   discharge alert to that PCP at the webhook, and a TRC patient-engagement gap for the stay;
 * when that member's PCP follow-up (an office/TCM claim two to twenty-nine days after the
-  discharge) is in the month, the engagement gap is closed;
+  discharge) is in the month and no admission follows in the window, the engagement gap is
+  closed;
 * the trace of one discharge runs from the MLLP gateway through referrals, care-gaps and
   notifications (including the care-gap alert and the webhook delivery) with the right
   parent -> child edges.
@@ -27,7 +28,13 @@ from typing import Any
 import asyncpg
 import pytest
 from cth_shared.contracts import CloudEvent
-from cth_shared.contracts.events import ClaimAdjudicated, EncounterCancelled, EncounterDischarged, MemberEnrolled
+from cth_shared.contracts.events import (
+    ClaimAdjudicated,
+    EncounterAdmitted,
+    EncounterCancelled,
+    EncounterDischarged,
+    MemberEnrolled,
+)
 from cth_shared.demo import ScenarioOptions, ScenarioResult, run_scenario
 from cth_shared.orchestrate import Stack
 from cth_shared.producers.hl7_adt import AdtEvent, AdtTranslator, Hl7Error, MemberIndex
@@ -37,7 +44,7 @@ from cth_shared.traces import SpanRecord, edges, read_spans, traces_matching
 
 pytestmark = pytest.mark.e2e
 
-OPTIONS = ScenarioOptions(members=400, seed=1, days=30, speed=None, settle_timeout=150)
+OPTIONS = ScenarioOptions(members=600, seed=1, days=30, speed=None, settle_timeout=150)
 FOLLOW_UP_CODES = {"99495", "99496", "99214"}
 
 
@@ -61,6 +68,7 @@ def expected_discharges(options: ScenarioOptions) -> dict[str, Discharge]:
     discharges: dict[str, Discharge] = {}
     cancelled: set[str] = set()
     follow_ups: list[tuple[str, date]] = []
+    admissions: list[tuple[str, date]] = []
     for item in population.timeline():
         payload = item.payload
         if isinstance(payload, CloudEvent):
@@ -82,6 +90,8 @@ def expected_discharges(options: ScenarioOptions) -> dict[str, Discharge]:
         event = result.event
         if isinstance(event.data, EncounterCancelled):
             cancelled.add(event.data.encounter_id)
+        elif isinstance(event.data, EncounterAdmitted):
+            admissions.append((event.data.member_id, event.data.admitted_at.date()))
         elif (isinstance(event.data, EncounterDischarged) and event.data.patient_class == "inpatient"
               and event.data.disposition == "01" and event.data.member_id in roster
               and event.data.trigger == "A03"):
@@ -94,7 +104,11 @@ def expected_discharges(options: ScenarioOptions) -> dict[str, Discharge]:
     for discharge in wanted.values():
         first, last = discharge.discharged_on + timedelta(days=2), discharge.discharged_on + timedelta(days=29)
         dates = sorted(d for m, d in follow_ups if m == discharge.member_id and first <= d <= last)
-        discharge.follow_up_on = dates[0] if dates else None
+        # A later admission within the window (readmission, ED visit) can make the gap not applicable
+        # depending on which topic's event is applied first: only clean follow-ups are expected to close.
+        readmitted = any(m == discharge.member_id and discharge.discharged_on <= d <= last + timedelta(days=1)
+                         for m, d in admissions)
+        discharge.follow_up_on = dates[0] if dates and not readmitted else None
     return wanted
 
 
