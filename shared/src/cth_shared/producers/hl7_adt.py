@@ -34,6 +34,7 @@ names fields, never values (no PHI). A patient who is not one of the payer's mem
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -93,6 +94,24 @@ _SAFE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$")
 _SYSTEM_BAD_RE = re.compile(r"[\x00-\x20\x7f]")
 _CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
 _HEADER_SEGMENTS = frozenset({"MSH", "BHS", "FHS"})
+
+
+class _NoFieldValues(logging.Filter):
+    """python-hl7 logs raw segments and field values (``Error unescaping value [...]``), which can
+    be identifiers or names (PHI). Keep the library's message template, drop its arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = f"python-hl7: {str(record.msg).split('[', 1)[0].strip()} (values withheld)"
+            record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+# The library names its loggers by file path (``logging.getLogger(__file__)``), not "hl7".
+for _module in (hl7.util, hl7.containers):
+    logging.getLogger(_module.__file__).addFilter(_NoFieldValues())
 
 
 class Hl7Error(ValueError):
