@@ -311,6 +311,8 @@ def _verdict(key: str, value: Any) -> str:
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
+    from bench.pipeline import is_scaffolding
+
     fig = results["figures"]
     m = results["machine"]
     lines = [
@@ -382,7 +384,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                     lines += ["", f"py-spy failed: {prof['error']}", ""]
                     continue
                 lines += ["", f"{prof.get('samples', 0)} samples. Inclusive time (top frames):", ""]
-                lines += [f"- {pct}% `{frame}`" for frame, pct in prof.get("inclusive_pct", [])]
+                lines += [f"- {pct}% `{frame}`" for frame, pct in prof.get("inclusive_pct", [])
+                          if not is_scaffolding(frame)]
                 lines += ["", "Own time:", ""]
                 lines += [f"- {pct}% `{frame}`" for frame, pct in prof.get("own_pct", [])]
                 lines.append("")

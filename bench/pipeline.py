@@ -589,8 +589,17 @@ def summarise_collapsed(lines: Iterable[str], top: int = 12) -> dict[str, Any]:
         "samples": total,
         "own_pct": [(f, round(100 * n / total, 1)) for f, n in own.most_common(top)],
         "inclusive_pct": [(f, round(100 * n / total, 1)) for f, n in inclusive.most_common(top * 3)
-                          if not f.startswith(("<module>", "run (", "_run_once", "run_forever", "run_until"))][:top],
+                          if not is_scaffolding(f)][:top],
     }
+
+
+SCAFFOLDING = ("run_until_complete", "run_forever", "_run_once", "_run_module_as_main", "_run_code", "Runner.run",
+               "run_service", "main (", "<module>", "Handle._run")
+
+
+def is_scaffolding(frame: str) -> bool:
+    """Frames on every stack (event loop, entry point): no information in an inclusive-time list."""
+    return any(part in frame for part in SCAFFOLDING)
 
 
 def _short(frame: str) -> str:
