@@ -304,7 +304,7 @@ class Pipeline:
             await self.db.close()
         await self.stack.astop()
 
-    def service_env(self, tracing: bool, sql_spans: bool = True) -> dict[str, str]:
+    def service_env(self, tracing: bool, sql_spans: bool = False) -> dict[str, str]:
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka_bootstrap_servers,
             "DATABASE_URL": self.stack.database_url,
@@ -323,7 +323,7 @@ class Pipeline:
             env["OTEL_INSTRUMENT_ASYNCPG"] = "false"
         return env
 
-    async def start_services(self, tracing: bool, sql_spans: bool = True) -> None:
+    async def start_services(self, tracing: bool, sql_spans: bool = False) -> None:
         await self.stop_services()
         self.tracing = tracing
         self.sql_spans = tracing and sql_spans
@@ -334,7 +334,7 @@ class Pipeline:
         await asyncio.gather(*(svc.wait_healthy(timeout=90) for svc in self.services.values()))
         mode = "off"
         if tracing:
-            mode = "on: spans to a JSONL file" + ("" if sql_spans else ", no per-SQL-statement spans")
+            mode = "on: spans to a JSONL file" + (", per-SQL-statement spans" if sql_spans else "")
         self.progress(f"services up (tracing {mode}): "
                       + ", ".join(f"{n} pid {s.pid}" for n, s in self.services.items()))
 

@@ -41,7 +41,8 @@ class StackSettings(BaseSettings):
 
     otel_exporter_otlp_endpoint: str | None = Field(None, description="OTLP/HTTP collector; unset = local only")
     otel_spans_file: Path | None = Field(None, description="JSON-lines span export the demo reads")
-    otel_instrument_asyncpg: bool = Field(True, description="One span per SQL statement")
+    otel_instrument_asyncpg: bool = Field(
+        False, description="One span per SQL statement (debugging; costs ~40% of throughput, see BENCHMARKS.md)")
     log_level: str = "INFO"
 
     tenant: str = Field("payer-demo", description="Payer id stamped on produced events")
