@@ -63,7 +63,7 @@ class DeliveryWorker:
                     for endpoint in await self._due_endpoints():
                         if endpoint not in self.lanes:
                             self.lanes[endpoint] = asyncio.create_task(self._lane(endpoint), name=f"lane:{endpoint}")
-                except (OSError, asyncpg.PostgresError) as exc:
+                except Exception as exc:  # e.g. InterfaceError while PostgreSQL restarts: never stop dispatching
                     _log.warning("delivery dispatch failed; retrying", extra={"reason": type(exc).__name__})
                 await asyncio.sleep(self.settings.delivery_poll_interval_ms / 1000)
         finally:

@@ -59,5 +59,5 @@ class DirectoryCache:
             await asyncio.sleep(interval_s)
             try:
                 await self.refresh(pool)
-            except (OSError, asyncpg.PostgresError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 _log.warning("directory refresh failed; retrying", extra={"reason": type(exc).__name__})
