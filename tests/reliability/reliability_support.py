@@ -279,7 +279,7 @@ class Hub:
         for _attempt in range(3):
             process.start()
             try:
-                await process.wait_healthy(timeout=90)
+                await process.wait_healthy(timeout=240)  # a loaded machine (CI) can be slow to answer
                 return
             except AssertionError:
                 if process.running or "Address already in use" not in process.log_tail(3):

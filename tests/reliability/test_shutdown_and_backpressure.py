@@ -177,9 +177,10 @@ async def test_a_ten_times_burst_is_absorbed_by_lag_without_errors_or_unbounded_
                 process = hub.processes[module]
                 assert process.running, process.log_tail()
                 assert '"level": "ERROR"' not in process.log_path.read_text(), process.log_tail()
-            # Bounded memory: a consumer holds at most a few batches, whatever the backlog.
-            # (Holding the burst's parsed events would cost far more than this margin.)
+            # Bounded memory: a consumer holds at most a few batches (BATCH_MAX_RECORDS) and the
+            # fetcher's bounded prefetch, whatever the backlog. Measured: ~10 MiB of growth per
+            # service over the steady peak with ~12,000 records of backlog; the margin is fixed.
             for module in pids:
-                assert burst_peak[module] < steady[module] + 96, (module, steady[module], burst_peak[module])
+                assert burst_peak[module] < steady[module] + 48, (module, steady[module], burst_peak[module])
         finally:
             await hub.stop()
