@@ -118,8 +118,10 @@ class CareGapsUseCases:
 
     def _with_event_clock(self, handler: Handler) -> Handler:
         async def handle(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
+            queued = len(uow.rows)
             await handler(uow, event)
-            await self.tick_event_clock(uow, event)
+            opened = any(row.headers.get("ce_type") == "care_gap.opened" for row in uow.rows[queued:])
+            await self.tick_event_clock(uow, event, opened_gaps=opened)
 
         handle.__name__ = getattr(handler, "__name__", "handle")
         return handle
@@ -321,13 +323,21 @@ class CareGapsUseCases:
             await self._refresh_owner(uow, change.member_id)
 
     # ----------------------------------------------------------------------- overdue clock
-    async def tick_event_clock(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-        """Advance the tenant's event clock with this event's time and flag what it made overdue."""
+    async def tick_event_clock(self, uow: UnitOfWork, event: CloudEvent[Any], *, opened_gaps: bool = False) -> None:
+        """Advance the tenant's event clock with this event's time and flag what it made overdue.
+
+        Topics are not ordered with each other: a discharge can be consumed after a later
+        event from another topic has already moved the clock past its gaps' due dates. Gaps
+        this event opened are then flagged against the clock as it stands."""
         now = self._now()
         live = is_live(event.time, now, self.clock.replay_lag)
         candidate = advance_event_clock(None, event.time, now, self.clock.max_future_skew)
         advanced_to = await store.advance_clock(uow.conn, event.tenant, candidate, live)
-        if advanced_to is not None and event_clock_applies(self.clock.mode):
+        if not event_clock_applies(self.clock.mode):
+            return
+        if advanced_to is None and opened_gaps:
+            advanced_to = await store.event_clock(uow.conn, event.tenant)
+        if advanced_to is not None:
             await self.sweep(uow, event.tenant, advanced_to, f"event-clock-{event.id}"[:64])
 
     async def sweep(self, uow: UnitOfWork, tenant: str, clock: datetime, clock_source_id: str) -> int:

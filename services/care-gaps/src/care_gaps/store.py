@@ -285,6 +285,12 @@ async def advance_clock(conn: asyncpg.Connection, tenant: str, clock_time: datet
     return row["clock_time"]
 
 
+async def event_clock(conn: asyncpg.Connection, tenant: str) -> datetime | None:
+    """The tenant's event clock as it stands (None before its first event)."""
+    value: datetime | None = await conn.fetchval("SELECT clock_time FROM event_clocks WHERE tenant = $1", tenant)
+    return value
+
+
 # --------------------------------------------------------------------------- API reads
 async def gaps_of_member(conn: asyncpg.Connection | asyncpg.Pool, member_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
