@@ -125,6 +125,8 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         topic_prefix=settings.topic_prefix,
         max_event_bytes=settings.max_event_bytes,
         after_commit=relay.wake,
+        lanes=settings.consumer_lanes,
+        serial_topics=frozenset(t.name for t in all_topic_specs(settings.topic_prefix) if t.key != "member_id"),
     )
     ctx = ServiceContext(
         name=definition.name,

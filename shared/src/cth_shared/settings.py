@@ -55,6 +55,10 @@ class ServiceSettings(StackSettings):
     http_port: int = Field(8080, description="HTTP API and /healthz; 0 picks a free port")
     batch_max_records: int = Field(500, description="Records per consumed batch (one transaction)")
     batch_timeout_ms: int = Field(20, description="Longest wait to fill a batch")
+    consumer_lanes: int = Field(
+        4, ge=1, le=32, description="Member-keyed lanes of a batch applied concurrently, each in its own "
+        "transaction and connection (a member's events always share a lane); 1 = the batch in one transaction",
+    )
     relay_batch_size: int = 500
     relay_poll_interval_ms: int = Field(200, description="Relay poll when no local commit woke it")
     max_event_bytes: int = 1_048_576

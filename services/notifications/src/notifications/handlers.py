@@ -3,8 +3,10 @@
 The flow for every alerting event: resolve the care team in force at the EVENT's time
 (not processing time), decide kind + recipients with the versioned rules
 (``domain.rules``), cut the content to each recipient's role (``domain.content``), insert
-one alert per (recipient, subject, kind) with the recipient's next sequence number, queue
-its push deliveries, publish ``notification.created`` and NOTIFY the live inbox streams.
+one alert per (recipient, subject, kind), queue its push deliveries; then, once per batch
+(``UnitOfWork.defer``), give the batch's new alerts their recipients' next sequence numbers
+in one statement (counters locked in a fixed order, so concurrent lanes never deadlock),
+publish ``notification.created`` and NOTIFY the live inbox streams.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from cth_shared.contracts.events import (
 )
 from cth_shared.messaging.consumer import Handler, Rejected
 from cth_shared.messaging.outbox import UnitOfWork
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from . import store
@@ -52,6 +55,39 @@ from .domain.rules import (
 
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("notifications")
+
+_NEW_ALERTS = "notifications.new_alerts"
+
+
+@dataclasses.dataclass(frozen=True)
+class _NewAlert:
+    """An inserted alert waiting for its sequence number (see ``_finish_new_alerts``)."""
+
+    notification_id: str
+    organization_id: str
+    recipient_id: str
+    member_id: str
+    event_time: datetime
+    created: dict[str, Any]  # NotificationCreated fields but the sequence
+    cause: CloudEvent[Any] | None
+    context: otel_context.Context  # the handler's span: the published event continues its trace
+
+
+async def _finish_new_alerts(uow: UnitOfWork, alerts: list[_NewAlert]) -> None:
+    """Sequence numbers, ``notification.created`` and NOTIFY for a batch's new alerts at once."""
+    sequences = await store.assign_sequences(uow.conn, [a.notification_id for a in alerts])
+    await store.announce_many(uow.conn, "created", [(a.notification_id, a.organization_id, a.recipient_id)
+                                                     for a in alerts])
+    for alert in alerts:
+        token = otel_context.attach(alert.context)
+        uow.cause = alert.cause
+        try:
+            uow.publish(NotificationCreated(**alert.created, sequence=sequences[alert.notification_id]),
+                        subject=alert.member_id, time=alert.event_time)
+        finally:
+            uow.cause = None
+            otel_context.detach(token)
+
 
 #: Most alert facts one attribution change re-examines (its member's events from its effective date on).
 LATE_TEAM_FACTS_MAX = 200
@@ -267,25 +303,29 @@ class AlertHandlers:
         recipient = alert.recipient
         notification_id = notification_id_for(recipient.organization_id, recipient.recipient_id, subject_key,
                                               alert.kind.value, alert.retraction)
-        sequence = await store.insert_notification(uow.conn, store.NewNotification(
+        inserted = await store.insert_notification(uow.conn, store.NewNotification(
             notification_id=notification_id, organization_id=recipient.organization_id,
             recipient_id=recipient.recipient_id, recipient_role=recipient.role, member_id=member_id,
             kind=alert.kind.value, priority=alert.priority, retraction=alert.retraction, retracts_id=retracts_id,
             subject_key=subject_key, encounter_id=encounter_id, patient_class=patient_class, event_time=event_time,
             due_date=due_date, content=content, source_event_id=source_event_id, rules_version=self.rules.version,
         ))
-        if sequence is None:
+        if not inserted:
             return  # this recipient already has this alert: a resend, a replay or a second instance of the fact
         targets = delivery_subscriptions(recipient, alert.kind, patient_class, subscriptions)
         await store.queue_deliveries(uow.conn, notification_id, recipient.organization_id, member_id,
                                      [t.subscription_id for t in targets])
-        await store.announce(uow.conn, "created", notification_id, recipient.organization_id, recipient.recipient_id)
-        uow.publish(NotificationCreated(
-            notification_id=notification_id, member_id=member_id, recipient_id=recipient.recipient_id,
-            recipient_role=_contract_role(recipient.role), organization_id=recipient.organization_id,
-            kind=NotificationKind(alert.kind.value), priority=alert.priority, encounter_id=encounter_id,
-            sequence=sequence, retraction=alert.retraction, source_event_id=source_event_id,
-        ), subject=member_id, time=event_time)
+        uow.defer(_NEW_ALERTS, _NewAlert(
+            notification_id=notification_id, organization_id=recipient.organization_id,
+            recipient_id=recipient.recipient_id, member_id=member_id, event_time=event_time,
+            created={
+                "notification_id": notification_id, "member_id": member_id, "recipient_id": recipient.recipient_id,
+                "recipient_role": _contract_role(recipient.role), "organization_id": recipient.organization_id,
+                "kind": NotificationKind(alert.kind.value), "priority": alert.priority,
+                "encounter_id": encounter_id, "retraction": alert.retraction, "source_event_id": source_event_id,
+            },
+            cause=uow.cause, context=otel_context.get_current(),
+        ), _finish_new_alerts)
 
 
 def _check_subject(event: CloudEvent[Any], member_id: str) -> None:

@@ -177,12 +177,9 @@ class NewNotification:
     rules_version: str
 
 
-async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> int | None:
-    """Insert an alert and give it the recipient's next sequence number; None if it already exists.
-
-    The alert row goes first (ON CONFLICT DO NOTHING), the counter second: a duplicate never
-    consumes a number, so sequences stay gapless.
-    """
+async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> bool:
+    """Insert an alert (its sequence number comes later, see :func:`assign_sequences`); False if
+    it already exists, so a duplicate never consumes a number and sequences stay gapless."""
     inserted = await conn.fetchval(
         "INSERT INTO notifications(notification_id, organization_id, recipient_id, recipient_role, member_id, kind,"
         " priority, retraction, retracts_id, subject_key, encounter_id, patient_class, event_time, due_date, content,"
@@ -193,17 +190,37 @@ async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> i
         n.retraction, n.retracts_id, n.subject_key, n.encounter_id, n.patient_class, n.event_time, n.due_date,
         json.dumps(n.content, default=str), n.source_event_id, n.rules_version,
     )
-    if inserted is None:
-        return None
-    return await conn.fetchval(
-        "WITH next AS ("
-        "  INSERT INTO recipient_sequences(organization_id, recipient_id, last_sequence) VALUES ($1, $2, 1)"
+    return inserted is not None
+
+
+async def assign_sequences(conn: asyncpg.Connection, notification_ids: Sequence[str]) -> dict[str, int]:
+    """Give new alerts their recipients' next sequence numbers, in the given order per recipient.
+
+    One statement per batch: each recipient's counter moves by its count of new alerts. The
+    counters are locked in (organization, recipient) order, so concurrent batches that share
+    recipients wait for each other instead of deadlocking."""
+    rows = await conn.fetch(
+        "WITH pending AS ("
+        "  SELECT n.notification_id, n.organization_id, n.recipient_id, p.ord"
+        "  FROM unnest($1::text[]) WITH ORDINALITY AS p(notification_id, ord)"
+        "  JOIN notifications n ON n.notification_id = p.notification_id AND n.sequence IS NULL),"
+        " counts AS (SELECT organization_id, recipient_id, count(*) AS added FROM pending GROUP BY 1, 2),"
+        " bumped AS ("
+        "  INSERT INTO recipient_sequences AS r(organization_id, recipient_id, last_sequence)"
+        "  SELECT organization_id, recipient_id, added FROM counts ORDER BY organization_id, recipient_id"
         "  ON CONFLICT (organization_id, recipient_id)"
-        "  DO UPDATE SET last_sequence = recipient_sequences.last_sequence + 1 RETURNING last_sequence)"
-        " UPDATE notifications SET sequence = next.last_sequence FROM next WHERE notification_id = $3"
-        " RETURNING sequence",
-        n.organization_id, n.recipient_id, n.notification_id,
+        "  DO UPDATE SET last_sequence = r.last_sequence + excluded.last_sequence"
+        "  RETURNING r.organization_id, r.recipient_id, r.last_sequence),"
+        " numbered AS ("
+        "  SELECT p.notification_id, b.last_sequence - c.added"
+        "   + row_number() OVER (PARTITION BY p.organization_id, p.recipient_id ORDER BY p.ord) AS sequence"
+        "  FROM pending p JOIN counts c USING (organization_id, recipient_id)"
+        "  JOIN bumped b USING (organization_id, recipient_id))"
+        " UPDATE notifications n SET sequence = numbered.sequence FROM numbered"
+        " WHERE n.notification_id = numbered.notification_id RETURNING n.notification_id, n.sequence",
+        list(notification_ids),
     )
+    return {row["notification_id"]: row["sequence"] for row in rows}
 
 
 async def alerts_to_retract(conn: asyncpg.Connection, subject_key: str, kinds: Sequence[str]) -> list[asyncpg.Record]:
@@ -254,6 +271,14 @@ async def queue_deliveries(
         " WHERE s.subscription_id = ANY($4::text[]) ON CONFLICT DO NOTHING",
         notification_id, organization_id, member_id, list(subscription_ids), carrier.get("traceparent"),
     )
+
+
+async def announce_many(conn: asyncpg.Connection, event: str, alerts: Sequence[tuple[str, str, str]]) -> None:
+    """:func:`announce` for many ``(notification_id, organization_id, recipient_id)`` in one round trip."""
+    if not alerts:
+        return
+    payloads = [json.dumps({"event": event, "id": i, "org": o, "recipient": r}) for i, o, r in alerts]
+    await conn.execute("SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p", NEW_ALERT_CHANNEL, payloads)
 
 
 async def announce(conn: asyncpg.Connection, event: str, notification_id: str, organization_id: str,

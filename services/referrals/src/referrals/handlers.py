@@ -41,6 +41,8 @@ from .domain.leakage import ServiceCodeMap, classify_care, discharge_referral_id
 from .domain.model import MemberCoverage, Routed, RoutingOutcome, ScoredCandidate, Unroutable
 from .domain.routing import RoutingPolicy, route
 
+#: Transaction-scoped advisory lock serialising capacity checks (see ``_decide``).
+ROUTING_LOCK_KEY = 0x5245_4652  # "REFR"
 _tracer = trace.get_tracer("referrals")
 
 POST_ACUTE_CATEGORIES = frozenset(str(s) for s in POST_ACUTE_SERVICE_BY_DISCHARGE.values())
@@ -193,6 +195,9 @@ class ReferralHandlers:
             self.policy.allows_virtual(service),
         )
         worth_checking = [p.npi for p in candidates if p.accepting and p.capacity > 0]
+        # Reserved counts are read, then a slot is taken by inserting the referral: concurrent
+        # lanes route one at a time (until their transaction ends) so no slot is given twice.
+        await uow.conn.execute("SELECT pg_advisory_xact_lock($1)", ROUTING_LOCK_KEY)
         reserved = await store.reserved_counts(uow.conn, worth_checking)
         return route(service, member, candidates, self.policy, reserved, narrowed=counts)
 

@@ -10,6 +10,15 @@ For each batch FastStream hands us (raw records, offsets not yet committed):
    that event alone), and produced events are written to the outbox;
 3. the transaction commits, then FastStream commits the offsets (``AckPolicy.ACK``).
 
+Lanes (``lanes`` > 1): a batch's member-keyed records are split by key into lanes
+(a member's records, from every topic, always share a lane, in fetch order) and the
+lanes are applied concurrently, each in its own transaction, so the service overlaps
+its PostgreSQL round trips instead of waiting for them one by one. Records of
+``serial_topics`` (keyed by something other than the member, e.g. the provider
+directory) are applied first, alone, so every lane sees them committed. A lane that
+hits a deadlock or serialization failure retries alone; its events were not applied,
+and the inbox makes the retry harmless. Offsets commit only when every lane has.
+
 Transient failures (database or network down) retry the whole batch with
 exponential backoff, holding the partition rather than skipping it: nothing is
 lost and nothing is applied twice. Invalid input never blocks a partition.
@@ -22,6 +31,7 @@ import base64
 import json
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +49,7 @@ _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("cth_shared.consumer")
 
 Handler = Callable[[UnitOfWork, CloudEvent[Any]], Awaitable[None]]
+_Parsed = tuple[ConsumerRecord, "CloudEvent[Any] | ContractError"]
 
 
 class Rejected(Exception):
@@ -95,7 +106,11 @@ class BatchProcessor:
         topic_prefix: str = "",
         max_event_bytes: int = 1_048_576,
         after_commit: Callable[[], None] | None = None,
+        lanes: int = 1,
+        serial_topics: frozenset[str] = frozenset(),
     ) -> None:
+        if lanes < 1:
+            raise ValueError("lanes must be >= 1")
         self.service = service
         self._pool = pool
         self._handlers = dict(handlers)
@@ -103,6 +118,8 @@ class BatchProcessor:
         self._prefix = topic_prefix
         self._max_event_bytes = max_event_bytes
         self._after_commit = after_commit
+        self._lanes = lanes
+        self._serial_topics = serial_topics
         self._dlq_topic = topic_name(dlq_topic(service), topic_prefix)
         meter = metrics.get_meter("cth_shared.consumer")
         self._events = meter.create_counter("events.consumed", unit="{event}")
@@ -114,7 +131,7 @@ class BatchProcessor:
         """Apply one fetched batch; returns only when it is committed."""
         if not records:
             return
-        parsed: list[tuple[ConsumerRecord, CloudEvent[Any] | ContractError]] = []
+        parsed: list[_Parsed] = []
         for record in records:
             try:
                 value = record.value if record.value is not None else b""
@@ -122,6 +139,39 @@ class BatchProcessor:
             except ContractError as exc:
                 parsed.append((record, exc))
         started = time.perf_counter()
+        serial, lanes = self._split(parsed)
+        if serial:
+            await self._apply_with_retry(serial)
+        if len(lanes) == 1:
+            await self._apply_with_retry(lanes[0])
+        elif lanes:
+            outcomes = await asyncio.gather(*(self._apply_with_retry(lane) for lane in lanes),
+                                            return_exceptions=True)
+            failed = [o for o in outcomes if isinstance(o, BaseException)]
+            if failed:
+                raise failed[0]  # the batch is not acknowledged; committed lanes dedupe on redelivery
+        self._latency.record((time.perf_counter() - started) * 1000, {"service": self.service})
+        self.last_batch_at = time.time()
+        if self._after_commit:
+            self._after_commit()
+
+    def _split(self, parsed: list[_Parsed]) -> tuple[list[_Parsed], list[list[_Parsed]]]:
+        """Serial-topic records, then the other records in lanes by key (fetch order kept in each).
+        With one lane the whole batch is one transaction in fetch order."""
+        if self._lanes == 1:
+            return [], [parsed]
+        serial = [item for item in parsed if item[0].topic in self._serial_topics]
+        rest = [item for item in parsed if item[0].topic not in self._serial_topics] if serial else parsed
+        if len(rest) < 2:
+            return serial, [rest] if rest else []
+        lanes: list[list[_Parsed]] = [[] for _ in range(self._lanes)]
+        for item in rest:
+            key = item[0].key
+            lanes[zlib.crc32(key) % self._lanes if key else 0].append(item)
+        return serial, [lane for lane in lanes if lane]
+
+    async def _apply_with_retry(self, parsed: list[_Parsed]) -> None:
+        """Apply records in one transaction, retrying transient failures (the partition waits)."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
             wait=wait_exponential_jitter(initial=0.1, max=10),
@@ -136,13 +186,9 @@ class BatchProcessor:
                     await self._apply(parsed, isolate=False)
                 except _IsolationNeeded:
                     await self._apply(parsed, isolate=True)
-        self._latency.record((time.perf_counter() - started) * 1000, {"service": self.service})
-        self.last_batch_at = time.time()
-        if self._after_commit:
-            self._after_commit()
 
     async def _apply(
-        self, parsed: list[tuple[ConsumerRecord, CloudEvent[Any] | ContractError]], *, isolate: bool = True
+        self, parsed: list[_Parsed], *, isolate: bool = True
     ) -> None:
         batch_span = trace.get_current_span()
         async with self._pool.acquire() as conn, conn.transaction():
@@ -191,7 +237,7 @@ class BatchProcessor:
             record_exception=False,  # exception messages can quote event values (PHI)
         ) as span:
             uow.cause = event
-            queued = len(uow.rows)
+            mark = uow.mark()
             if not isolate:
                 try:
                     await handler(uow, event)
@@ -206,14 +252,14 @@ class BatchProcessor:
                 async with uow.conn.transaction():  # savepoint: a failing event rolls back alone
                     await handler(uow, event)
             except Rejected as exc:
-                del uow.rows[queued:]
+                uow.rollback_to(mark)
                 span.set_attribute("cth.rejected", exc.reason)
                 await self._dead_letter(uow, record, exc.reason, exc.detail)
             except Exception as exc:
                 if is_transient(exc):
                     raise
                 # A bug or an unforeseen input: park this event, keep the partition moving.
-                del uow.rows[queued:]
+                uow.rollback_to(mark)
                 # The type only: exception messages and tracebacks can quote event values (PHI).
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))

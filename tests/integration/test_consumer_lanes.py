@@ -1,0 +1,130 @@
+"""Concurrent lanes in ``BatchProcessor`` against the real PostgreSQL: a batch's member-keyed
+records are applied in concurrent transactions (one lane per key hash), each member's events
+in fetch order, serial-topic records (keyed by something else) first, every event exactly
+once even when two lanes deadlock and one is retried."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord
+from cth_shared.contracts import EXAMPLES, MemberEnrolled, ProviderUpserted, new_event
+from cth_shared.db import create_pool, run_migrations
+from cth_shared.messaging.consumer import BatchProcessor
+
+pytestmark = pytest.mark.integration
+
+LANES = 4
+
+
+def record(topic: str, offset: int, key: str, value: bytes) -> ConsumerRecord:
+    return ConsumerRecord(topic=topic, partition=zlib.crc32(key.encode()) % 6, offset=offset, timestamp=0,
+                          timestamp_type=0, key=key.encode(), value=value, checksum=None,
+                          serialized_key_size=len(key), serialized_value_size=len(value), headers=[])
+
+
+def enrolled(member_id: str, event_id: str) -> bytes:
+    data = MemberEnrolled.model_validate(dict(EXAMPLES["member.enrolled"], member_id=member_id))
+    return new_event(data, subject=member_id, source="urn:test", tenant="t", event_id=event_id).to_json_bytes()
+
+
+def provider(npi: str) -> bytes:
+    data = ProviderUpserted.model_validate(dict(EXAMPLES["provider.upserted"], npi=npi))
+    return new_event(data, subject=npi, source="urn:test", tenant="t", event_id=f"prov-{npi}").to_json_bytes()
+
+
+def members_in_distinct_lanes(count: int) -> list[str]:
+    chosen: dict[int, str] = {}
+    for i in range(1000):
+        member = f"M{i:06d}"
+        chosen.setdefault(zlib.crc32(member.encode()) % LANES, member)
+        if len(chosen) == count:
+            return list(chosen.values())
+    raise AssertionError("not enough lanes")
+
+
+@pytest.fixture
+async def pool(isolated: Any) -> Any:
+    pool = await create_pool(isolated.database_url, schema="lanes_probe", application_name="lanes-probe",
+                             max_size=LANES + 2)
+    await run_migrations(pool, "lanes_probe", "attribution")  # inbox, outbox, dead_letters
+    await pool.execute("CREATE TABLE trail(id bigserial PRIMARY KEY, member_id text, event_id text,"
+                       " saw_provider boolean, txid bigint DEFAULT txid_current())")
+    await pool.execute("CREATE TABLE seen_providers(npi text PRIMARY KEY)")
+    await pool.execute("CREATE TABLE counters(id text PRIMARY KEY, n int NOT NULL)")
+    await pool.execute("INSERT INTO counters VALUES ('a', 0), ('b', 0)")
+    yield pool
+    await pool.close()
+
+
+async def test_lanes_keep_each_members_order_apply_serial_topics_first_and_apply_each_event_once(
+    isolated: Any, pool: Any
+) -> None:
+    async def on_member(uow: Any, event: Any) -> None:
+        saw = await uow.conn.fetchval("SELECT count(*) FROM seen_providers") > 0
+        await uow.conn.execute("INSERT INTO trail(member_id, event_id, saw_provider) VALUES ($1, $2, $3)",
+                               event.subject, event.id, saw)
+
+    async def on_provider(uow: Any, event: Any) -> None:
+        await uow.conn.execute("INSERT INTO seen_providers VALUES ($1)", event.data.npi)
+
+    directory = isolated.topic("provider-directory")
+    processor = BatchProcessor(service="echo", pool=pool, tenant="t", topic_prefix=isolated.topic_prefix,
+                               handlers={"member.enrolled": on_member, "provider.upserted": on_provider},
+                               lanes=LANES, serial_topics=frozenset({directory}))
+    members = [f"M{i:06d}" for i in range(40)]
+    records = [record(isolated.topic("enrollment"), n * len(members) + i, m, enrolled(m, f"{m}-{n}"))
+               for n in range(10) for i, m in enumerate(members)]
+    records.append(record(directory, 0, "1234567893", provider("1234567893")))  # last in the batch
+    records.append(records[5])  # a duplicate inside the batch applies once
+    await processor.process(records)
+    await processor.process(records[:50])  # a redelivery applies nothing
+
+    rows = await pool.fetch("SELECT member_id, event_id, saw_provider, txid FROM trail ORDER BY id")
+    assert len(rows) == 400
+    for member in members:
+        assert [r["event_id"] for r in rows if r["member_id"] == member] == [f"{member}-{n}" for n in range(10)]
+    assert all(r["saw_provider"] for r in rows), "serial-topic records are committed before the lanes run"
+    assert len({r["txid"] for r in rows}) == LANES, "one transaction per lane"
+    for member in members:  # a member's events share one lane, hence one transaction
+        assert len({r["txid"] for r in rows if r["member_id"] == member}) == 1
+    assert await pool.fetchval("SELECT count(*) FROM inbox") == 401
+
+
+async def test_a_lane_that_deadlocks_is_retried_alone_and_nothing_is_applied_twice(isolated: Any, pool: Any) -> None:
+    first, second = members_in_distinct_lanes(2)
+    order = {first: ("a", "b"), second: ("b", "a")}  # opposite lock order: a deadlock
+
+    async def on_member(uow: Any, event: Any) -> None:
+        one, two = order[event.subject]
+        await uow.conn.execute("UPDATE counters SET n = n + 1 WHERE id = $1", one)
+        await asyncio.sleep(0.3)  # both lanes hold their first row now
+        await uow.conn.execute("UPDATE counters SET n = n + 1 WHERE id = $1", two)
+        await uow.conn.execute("INSERT INTO trail(member_id, event_id, saw_provider) VALUES ($1, $2, false)",
+                               event.subject, event.id)
+
+    processor = BatchProcessor(service="echo", pool=pool, tenant="t", topic_prefix=isolated.topic_prefix,
+                               handlers={"member.enrolled": on_member}, lanes=LANES)
+    topic = isolated.topic("enrollment")
+    deadlocks_before = await deadlocks(pool)
+    await processor.process([record(topic, 0, first, enrolled(first, "e-first")),
+                             record(topic, 1, second, enrolled(second, "e-second"))])
+
+    assert dict(await pool.fetch("SELECT id, n FROM counters")) == {"a": 2, "b": 2}
+    assert sorted(await pool.fetch("SELECT event_id FROM trail")) == [("e-first",), ("e-second",)]
+    assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+    for _ in range(50):  # statistics reach pg_stat_database shortly after the transaction ends
+        if await deadlocks(pool) > deadlocks_before:
+            break
+        await asyncio.sleep(0.1)
+    assert await deadlocks(pool) > deadlocks_before, "the lanes did run concurrently and deadlocked"
+
+
+async def deadlocks(pool: Any) -> int:
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        value: int = await conn.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        return value
