@@ -31,9 +31,9 @@ import asyncio
 import csv
 import hashlib
 import json
+import os
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -46,7 +46,9 @@ from cth_shared.contracts.events import AttributionChanged
 
 from .domain import (
     NOBODY,
+    Attribution,
     AttributionRules,
+    CareTeamEntry,
     ClaimFact,
     Enrollment,
     MemberFacts,
@@ -61,6 +63,7 @@ from .store import care_team_from_json, care_team_json, explanation_dict
 SOURCE = "urn:cth:attribution:bulk"
 CHUNK_MEMBERS = 20_000
 CHUNK_CLAIM_LINES = 100_000
+BULK_WORK_MEM = "128MB"
 
 
 @dataclass
@@ -91,8 +94,8 @@ async def load_roster(conn: asyncpg.Connection, path: str, rules: AttributionRul
             " v1c_group_npi text, effective_date date, termination_date date, care_manager_id text,"
             " selected_pcp_npi text) ON COMMIT DROP"
         )
-        await conn.copy_to_table("roster_stage", source=path, format="csv", header=True)
-        rows = await conn.fetchval("SELECT count(*) FROM roster_stage")
+        status = await conn.copy_to_table("roster_stage", source=path, format="csv", header=True)
+        rows = int(status.split()[-1])  # "COPY <n>"
         await conn.execute(
             """
             INSERT INTO members AS m (member_id, plan_id, network_id, virtual_first, v1c_group_npi, effective_date,
@@ -120,8 +123,12 @@ async def load_roster(conn: asyncpg.Connection, path: str, rules: AttributionRul
                 updated_at = now()
             """
         )
-        member_ids = [r[0] for r in await conn.fetch("SELECT DISTINCT member_id FROM roster_stage ORDER BY 1")]
-        recomputed, emitted = await recompute_members(conn, member_ids, rules, as_of, tenant, topic_prefix)
+        await conn.execute(f"SET LOCAL work_mem = '{BULK_WORK_MEM}'")  # in-memory hashes and sorts from here on
+        # Keyed, so the recompute reads members and results as one merge join over the primary keys (no sort).
+        await conn.execute("CREATE TEMP TABLE roster_ids (member_id text PRIMARY KEY) ON COMMIT DROP")
+        await conn.execute("INSERT INTO roster_ids SELECT DISTINCT member_id FROM roster_stage ORDER BY 1")
+        await conn.execute("ANALYZE roster_ids")
+        recomputed, emitted = await _recompute(conn, "roster_ids", "r.member_id", rules, as_of, tenant, topic_prefix)
     return BulkReport("roster", rows, recomputed, emitted, time.perf_counter() - started)
 
 
@@ -248,99 +255,245 @@ async def load_providers(conn: asyncpg.Connection) -> dict[str, ProviderFacts]:
 
 async def recompute_members(conn: asyncpg.Connection, member_ids: Sequence[str], rules: AttributionRules, as_of: date,
                             tenant: str, topic_prefix: str) -> tuple[int, int]:
-    """Run the rule for ``member_ids`` in chunks; write current/history/outbox rows in batches.
+    """Run the rule for ``member_ids`` (in that order) and write current/history/outbox rows in batches.
 
     Returns (members recomputed, changes emitted)."""
-    providers = await load_providers(conn)
-    await conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS current_stage (LIKE attribution_current INCLUDING DEFAULTS) ON COMMIT DROP"
+    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS recompute_ids (pos int PRIMARY KEY, member_id text)"
+                       " ON COMMIT DROP")
+    await conn.execute("TRUNCATE recompute_ids")
+    await conn.copy_records_to_table("recompute_ids", records=enumerate(member_ids), columns=["pos", "member_id"])
+    await conn.execute("ANALYZE recompute_ids")
+    return await _recompute(conn, "recompute_ids", "r.pos", rules, as_of, tenant, topic_prefix)
+
+
+#: Columns the rule reads, in the order :class:`_Recomputer` indexes them (members, then attribution_current).
+_INPUT_COLUMNS = (
+    "r.member_id, m.plan_id, m.effective_date, m.termination_date, m.virtual_first, m.v1c_group_npi,"
+    " m.care_manager_id, m.disenrolled_on, m.selected_pcp_npi, m.selected_pcp_tin, m.selection,"
+    " m.selection_effective, c.method, c.pcp_npi, c.pcp_tin, c.care_team, c.as_of, c.effective_from"
+)
+
+
+async def _recompute(conn: asyncpg.Connection, ids_table: str, order_by: str, rules: AttributionRules, as_of: date,
+                     tenant: str, topic_prefix: str) -> tuple[int, int]:
+    """Recompute every member of ``ids_table`` (distinct ``member_id``), streamed in ``order_by`` order.
+
+    The rule runs in a worker thread on chunk *k* while this connection writes chunk *k-1* and
+    reads chunk *k+1* (members are independent, and nothing read here is written here)."""
+    computer = _Recomputer(await load_providers(conn), rules, as_of, tenant, topic_prefix)
+    await _create_write_stages(conn)
+    cursor = await conn.cursor(
+        f"SELECT {_INPUT_COLUMNS} FROM {ids_table} r LEFT JOIN members m USING (member_id)"
+        f" LEFT JOIN attribution_current c USING (member_id) ORDER BY {order_by}"
     )
-    emitted = 0
-    event_time = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
-    for offset in range(0, len(member_ids), CHUNK_MEMBERS):
-        chunk = list(member_ids[offset: offset + CHUNK_MEMBERS])
-        emitted += await _recompute_chunk(conn, chunk, providers, rules, as_of, event_time, tenant, topic_prefix)
-    return len(member_ids), emitted
+    lookback_start = rules.lookback_start(as_of)
+
+    async def read() -> tuple[list[asyncpg.Record], dict[str, list[ServiceLine]]] | None:
+        rows = await cursor.fetch(CHUNK_MEMBERS)
+        if not rows:
+            return None
+        lines: dict[str, list[ServiceLine]] = {}
+        for r in await conn.fetch(
+            "SELECT member_id, npi, tin, service_date, procedure_code, allowed_total, line_count, virtual_visit"
+            " FROM service_days WHERE member_id = ANY($1::text[]) AND service_date >= $2",
+            [r[0] for r in rows], lookback_start,
+        ):
+            lines.setdefault(r[0], []).append(ServiceLine(r[1], r[2], r[3], r[4], r[5], r[6], r[7]))
+        return rows, lines
+
+    loop = asyncio.get_running_loop()
+    recomputed = emitted = 0
+    pending: _ChunkResult | None = None
+    batch = await read()
+    while batch is not None:
+        computing = loop.run_in_executor(None, computer.chunk, *batch)
+        try:
+            if pending is not None:
+                await _write_chunk(conn, pending)
+            batch = await read()
+        finally:
+            pending = await computing
+        recomputed += pending.members
+        emitted += len(pending.outbox)
+    if pending is not None:
+        await _write_chunk(conn, pending)
+    return recomputed, emitted
 
 
-async def _recompute_chunk(conn: asyncpg.Connection, chunk: list[str], providers: dict[str, ProviderFacts],
-                           rules: AttributionRules, as_of: date, event_time: datetime, tenant: str,
-                           topic_prefix: str) -> int:
-    members = {r["member_id"]: r for r in await conn.fetch(
-        "SELECT m.*, c.method AS c_method, c.pcp_npi AS c_npi, c.pcp_tin AS c_tin, c.care_team AS c_team,"
-        " c.as_of AS c_as_of, c.effective_from AS c_effective FROM unnest($1::text[]) AS u(member_id)"
-        " LEFT JOIN members m USING (member_id) LEFT JOIN attribution_current c USING (member_id)", chunk)}
-    lines_by_member: dict[str, list[ServiceLine]] = {}
-    for r in await conn.fetch(
-        "SELECT member_id, npi, tin, service_date, procedure_code, allowed_total, line_count, virtual_visit"
-        " FROM service_days WHERE member_id = ANY($1::text[]) AND service_date >= $2",
-        chunk, rules.lookback_start(as_of),
-    ):
-        lines_by_member.setdefault(r[0], []).append(ServiceLine(r[1], r[2], r[3], r[4], r[5], r[6], r[7]))
-    current_rows, history_rows, outbox_rows = [], [], []
-    topic = topic_name(type_of(AttributionChanged).topic, topic_prefix)
-    for member_id in chunk:
-        row = members[member_id]
+@dataclass
+class _ChunkResult:
+    members: int
+    docs: list[tuple[int, str, str]]  # new (doc, care_team, explanation) documents
+    current: list[tuple[Any, ...]]    # current_stage rows
+    reattributed: list[tuple[str, date]]  # changed members that had a current row (may have history)
+    outbox: list[tuple[str, bytes, bytes, str]]
+
+
+@dataclass
+class _Computed:
+    """One rule result with its serialised forms (shared by every member with the same facts)."""
+
+    result: Attribution
+    method: str
+    team_json: str
+    explanation_json: str
+    templates: dict[tuple[date, str | None], tuple[bytes, bytes, bytes, bytes] | None]
+    doc: int | None = None  # row of bulk_docs holding team_json and explanation_json (parsed once)
+
+
+_EVENT_ID_MARK = "\x00event-id\x00"  # NUL cannot occur in PostgreSQL text, so never in real values
+_MEMBER_MARK = "\x00member-id\x00"
+_MEMO_LIMIT = 100_000
+
+
+class _Recomputer:
+    """Runs :func:`attribute` per member, memoised on the member's facts when the member has no service
+    lines (the result does not depend on the member id: a first roster load is mostly such members)."""
+
+    def __init__(self, providers: dict[str, ProviderFacts], rules: AttributionRules, as_of: date, tenant: str,
+                 topic_prefix: str) -> None:
+        self.providers, self.rules, self.as_of, self.tenant = providers, rules, as_of, tenant
+        self.event_time = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
+        self.topic = topic_name(type_of(AttributionChanged).topic, topic_prefix)
+        self.memo: dict[tuple[Any, ...], _Computed] = {}
+        self.teams: dict[str, tuple[CareTeamEntry, ...]] = {}
+        self.docs = 0
+
+    def _compute(self, row: asyncpg.Record, lines: Sequence[ServiceLine], member_as_of: date) -> _Computed:
         enrollment = prospective = None
-        if row["plan_id"] is not None:
-            enrollment = Enrollment(row["plan_id"], row["effective_date"], row["termination_date"],
-                                    row["virtual_first"], row["v1c_group_npi"], row["care_manager_id"],
-                                    row["disenrolled_on"])
-            if row["selected_pcp_npi"]:
-                prospective = ProspectivePcp(row["selected_pcp_npi"], row["selected_pcp_tin"],
-                                             row["selection"] or "member_selected", row["selection_effective"])
-        member_as_of = max(as_of, row["c_as_of"]) if row["c_as_of"] else as_of
-        result = attribute(MemberFacts(member_id, enrollment, prospective), lines_by_member.get(member_id, ()),
-                           providers, rules, member_as_of)
-        previous_outcome = (
-            (row["c_method"], row["c_npi"], row["c_tin"], care_team_from_json(row["c_team"]))
-            if row["c_method"] else NOBODY.outcome
-        )
-        changed = result.outcome != previous_outcome
-        explanation = explanation_dict(result.explanation)
-        team = care_team_json(result.care_team)
-        explanation_json = json.dumps(explanation)
-        effective_from = member_as_of if changed else row["c_effective"]
-        current_rows.append((member_id, result.method.value, result.pcp_npi, result.pcp_tin, team, explanation_json,
-                             member_as_of, effective_from))
-        if changed:
-            history_rows.append((member_id, member_as_of, result.method.value, result.pcp_npi, result.pcp_tin, team,
-                                 explanation_json))
-            event_id = uuid.uuid4().hex
-            outbox_rows.append((topic, member_id.encode(), changed_event_json(
-                event_id, member_id, member_as_of, event_time, tenant, result.method.value, result.pcp_npi,
-                result.pcp_tin, row["c_npi"], json.loads(team), explanation),
-                json.dumps({"ce_type": "attribution.changed", "ce_id": event_id})))
+        if row[1] is not None:
+            enrollment = Enrollment(row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+            if row[8]:
+                prospective = ProspectivePcp(row[8], row[9], row[10] or "member_selected", row[11])
+        result = attribute(MemberFacts(row[0], enrollment, prospective), lines, self.providers, self.rules,
+                           member_as_of)
+        return _Computed(result, result.method.value, care_team_json(result.care_team),
+                         json.dumps(explanation_dict(result.explanation)), {})
+
+    def _previous_team(self, raw: str) -> tuple[CareTeamEntry, ...]:
+        team = self.teams.get(raw)
+        if team is None:
+            if len(self.teams) >= _MEMO_LIMIT:
+                self.teams.clear()
+            team = self.teams[raw] = care_team_from_json(raw)
+        return team
+
+    def _payload(self, computed: _Computed, event_id: str, member_id: str, effective: date,
+                 previous_npi: str | None) -> bytes:
+        """The event bytes of :func:`changed_event_json`, from a per-result template (ids spliced in)."""
+        key = (effective, previous_npi)
+        if key not in computed.templates:
+            raw = self._event(computed, _EVENT_ID_MARK, _MEMBER_MARK, effective, previous_npi)
+            head, sep, rest = raw.partition(json.dumps(_EVENT_ID_MARK).encode())
+            parts = rest.split(json.dumps(_MEMBER_MARK).encode())
+            computed.templates[key] = (head, *parts) if sep and len(parts) == 3 else None  # type: ignore[assignment]
+        template = computed.templates[key]
+        if template is None:
+            return self._event(computed, event_id, member_id, effective, previous_npi)
+        quoted = json.dumps(member_id).encode()
+        return b"".join((template[0], b'"', event_id.encode(), b'"', template[1], quoted, template[2], quoted,
+                         template[3]))
+
+    def _event(self, computed: _Computed, event_id: str, member_id: str, effective: date,
+               previous_npi: str | None) -> bytes:
+        result = computed.result
+        return changed_event_json(event_id, member_id, effective, self.event_time, self.tenant, computed.method,
+                                  result.pcp_npi, result.pcp_tin, previous_npi, json.loads(computed.team_json),
+                                  explanation_dict(result.explanation))
+
+    def chunk(self, rows: list[asyncpg.Record], lines_by_member: dict[str, list[ServiceLine]]) -> _ChunkResult:
+        as_of, memo = self.as_of, self.memo
+        docs: list[tuple[int, str, str]] = []
+        current = []
+        outbox = []
+        reattributed: list[tuple[str, date]] = []
+        nobody = NOBODY.outcome
+        for row in rows:
+            member_id = row[0]
+            c_as_of = row[16]
+            member_as_of = max(as_of, c_as_of) if c_as_of else as_of
+            lines = lines_by_member.get(member_id)
+            if lines:
+                computed = self._compute(row, lines, member_as_of)
+            else:
+                key = (row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11],
+                       member_as_of)
+                computed = memo.get(key)  # type: ignore[assignment]
+                if computed is None:
+                    if len(memo) >= _MEMO_LIMIT:
+                        memo.clear()
+                    computed = memo[key] = self._compute(row, (), member_as_of)
+            if computed.doc is None:
+                self.docs += 1
+                computed.doc = self.docs
+                docs.append((self.docs, computed.team_json, computed.explanation_json))
+            result = computed.result
+            c_method = row[12]
+            previous = (c_method, row[13], row[14], self._previous_team(row[15])) if c_method else nobody
+            changed = result.outcome != previous
+            current.append((member_id, computed.method, result.pcp_npi, result.pcp_tin, computed.doc, member_as_of,
+                            member_as_of if changed else row[17], changed))
+            if changed:
+                if c_method:
+                    reattributed.append((member_id, member_as_of))
+                event_id = _event_id()
+                outbox.append((self.topic, member_id.encode(),
+                               self._payload(computed, event_id, member_id, member_as_of, row[13]),
+                               '{"ce_type": "attribution.changed", "ce_id": "' + event_id + '"}'))
+        return _ChunkResult(len(rows), docs, current, reattributed, outbox)
+
+
+def _event_id() -> str:
+    """``uuid.uuid4().hex`` without the UUID object (a random version-4, RFC 4122 variant id)."""
+    value = int.from_bytes(os.urandom(16), "big")
+    return "%032x" % ((value & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48))
+
+
+async def _create_write_stages(conn: asyncpg.Connection) -> None:
+    """Temporary tables of one recompute: the distinct result documents and one chunk of results."""
+    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS bulk_docs (doc int PRIMARY KEY, care_team jsonb NOT NULL,"
+                       " explanation jsonb NOT NULL) ON COMMIT DROP")
+    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS current_stage (member_id text, method text, pcp_npi text,"
+                       " pcp_tin text, doc int, as_of date, effective_from date, changed boolean) ON COMMIT DROP")
+    await conn.execute("TRUNCATE bulk_docs, current_stage")
+
+
+async def _write_chunk(conn: asyncpg.Connection, chunk: _ChunkResult) -> None:
+    if chunk.docs:
+        await conn.copy_records_to_table("bulk_docs", records=chunk.docs)
     await conn.execute("TRUNCATE current_stage")
-    await conn.copy_records_to_table(
-        "current_stage", records=current_rows,
-        columns=["member_id", "method", "pcp_npi", "pcp_tin", "care_team", "explanation", "as_of", "effective_from"],
-    )
+    await conn.copy_records_to_table("current_stage", records=chunk.current)
     await conn.execute(
         """
         INSERT INTO attribution_current AS c (member_id, method, pcp_npi, pcp_tin, care_team, explanation, as_of,
                                               effective_from)
-        SELECT member_id, method, pcp_npi, pcp_tin, care_team, explanation, as_of, effective_from FROM current_stage
+        SELECT s.member_id, s.method, s.pcp_npi, s.pcp_tin, d.care_team, d.explanation, s.as_of, s.effective_from
+        FROM current_stage s JOIN bulk_docs d USING (doc)
         ON CONFLICT (member_id) DO UPDATE SET method = excluded.method, pcp_npi = excluded.pcp_npi,
             pcp_tin = excluded.pcp_tin, care_team = excluded.care_team, explanation = excluded.explanation,
             as_of = excluded.as_of, effective_from = excluded.effective_from, updated_at = now()
         """
     )
-    if history_rows:
+    if not chunk.outbox:
+        return
+    if chunk.reattributed:
+        # History rows are only written with the member's attribution_current row, so only members that had one
+        # can have a period to close or a same-day row to replace. unnest keeps these index nested loops on the
+        # history key (a join to the stage plans a full scan of the history per chunk).
+        members, days = [m for m, _ in chunk.reattributed], [d for _, d in chunk.reattributed]
         await conn.execute(
             "UPDATE attribution_history h SET effective_to = u.day FROM unnest($1::text[], $2::date[]) AS u(m, day)"
             " WHERE h.member_id = u.m AND h.effective_to IS NULL AND h.effective_from < u.day",
-            [r[0] for r in history_rows], [r[1] for r in history_rows],
+            members, days,
         )
         await conn.execute("DELETE FROM attribution_history h USING unnest($1::text[], $2::date[]) AS u(m, day)"
-                           " WHERE h.member_id = u.m AND h.effective_from = u.day",
-                           [r[0] for r in history_rows], [r[1] for r in history_rows])
-        await conn.copy_records_to_table(
-            "attribution_history", records=history_rows,
-            columns=["member_id", "effective_from", "method", "pcp_npi", "pcp_tin", "care_team", "explanation"],
-        )
-        await conn.copy_records_to_table("outbox", records=outbox_rows, columns=["topic", "key", "payload", "headers"])
-    return len(history_rows)
+                           " WHERE h.member_id = u.m AND h.effective_from = u.day", members, days)
+    await conn.execute(
+        "INSERT INTO attribution_history (member_id, effective_from, method, pcp_npi, pcp_tin, care_team,"
+        " explanation) SELECT s.member_id, s.as_of, s.method, s.pcp_npi, s.pcp_tin, d.care_team, d.explanation"
+        " FROM current_stage s JOIN bulk_docs d USING (doc) WHERE s.changed"
+    )
+    await conn.copy_records_to_table("outbox", records=chunk.outbox, columns=["topic", "key", "payload", "headers"])
 
 
 def changed_event_json(event_id: str, member_id: str, effective: date, event_time: datetime, tenant: str,
