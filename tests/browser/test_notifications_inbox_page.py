@@ -66,6 +66,7 @@ async def wait_for(driver: Any, script: str, what: str, timeout: float = 20) -> 
 async def test_an_alert_published_after_the_page_loaded_appears_live_and_acknowledging_it_updates_the_api(
     isolated: Any, tmp_path: Path, browser: Any
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     service = start_notifications(isolated, tmp_path)
@@ -87,15 +88,25 @@ async def test_an_alert_published_after_the_page_loaded_appears_live_and_acknowl
         await publish(isolated, "encounters", event_bytes("encounter.admitted"))
 
         await wait_for(browser, "document.querySelector('li.alert') !== null", "alert pushed into the open page")
-        item = browser.find_element(By.CSS_SELECTOR, "li.alert")
-        notification_id = item.get_attribute("data-notification-id")
-        assert item.get_attribute("data-priority") == "high"
-        assert "high" in item.find_element(By.CSS_SELECTOR, ".badge.priority").text.lower()
-        assert "Admission" in item.text and "M000001" in item.text and "St. Example General Hospital" in item.text
-
-        button = item.find_element(By.CSS_SELECTOR, "button.ack")
-        assert "Acknowledge" in (button.get_attribute("aria-label") or "")
-        button.click()
+        # Read in one script call: the live list may re-render between a lookup and a read.
+        item = browser.execute_script(
+            "const li = document.querySelector('li.alert'); return {id: li.dataset.notificationId,"
+            " priority: li.dataset.priority, badge: li.querySelector('.badge.priority').innerText,"
+            " text: li.innerText, ack: li.querySelector('button.ack').getAttribute('aria-label')}")
+        notification_id = item["id"]
+        assert item["priority"] == "high"
+        assert "high" in item["badge"].lower()
+        assert "Admission" in item["text"] and "M000001" in item["text"]
+        assert "St. Example General Hospital" in item["text"]
+        assert "Acknowledge" in (item["ack"] or "")
+        for attempt in range(5):  # a real click; a re-render between lookup and click retries it
+            try:
+                browser.find_element(By.CSS_SELECTOR, f'[data-notification-id="{notification_id}"] button.ack').click()
+                break
+            except StaleElementReferenceException:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.2)
         async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as api:
             async def acknowledged() -> bool:
                 response = await api.get(f"/inbox/{notification_id}", headers={"Authorization": f"Bearer {pcp_token}"})

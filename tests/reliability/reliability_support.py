@@ -551,23 +551,41 @@ def canonical_event(value: bytes) -> tuple[str, str, str]:
     return envelope["id"], envelope.get("type", ""), content
 
 
-async def read_topic(env: Any, topic: str, idle_s: float = 1.5, timeout: float = 120) -> list[bytes]:
-    """Every record value on a (catalog) topic, read until it is idle."""
-    consumer = AIOKafkaConsumer(env.topic(topic), bootstrap_servers=env.kafka_bootstrap_servers,
-                                group_id=f"reliability-reader-{time.monotonic_ns()}", auto_offset_reset="earliest",
+async def read_topic(env: Any, topic: str, timeout: float = 180) -> list[bytes]:
+    """Every record value on a (catalog) topic, read up to the end offsets it has now.
+
+    Callers read after the services settled, so the end offsets are final. No consumer group
+    (no join to wait for) and no "idle for a while" heuristic: on a loaded machine the first
+    fetch can take longer than any idle window, which once read an empty topic."""
+    from aiokafka import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=env.kafka_bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024,
                                 **env.consumer_overrides())
     await consumer.start()
     values: list[bytes] = []
     try:
+        name = env.topic(topic)
         deadline = time.monotonic() + timeout
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            assert time.monotonic() < deadline, f"reading {topic} did not finish"
-            for batch in (await consumer.getmany(timeout_ms=300, max_records=5000)).values():
-                if batch:
-                    last = time.monotonic()
-                values.extend(r.value for r in batch if r.value is not None)
+        partitions = consumer.partitions_for_topic(name)
+        while not partitions:
+            assert time.monotonic() < deadline, f"no metadata for {topic}"
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(name)
+        assigned = [TopicPartition(name, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        remaining = {tp for tp, end in ends.items() if end > 0}
+        while remaining:
+            assert time.monotonic() < deadline, f"reading {topic} did not finish: {len(values)} records so far"
+            for tp, batch in (await consumer.getmany(*remaining, timeout_ms=300, max_records=5000)).items():
+                values.extend(r.value for r in batch if r.value is not None and r.offset < ends[tp])
+                if batch and batch[-1].offset >= ends[tp] - 1:
+                    remaining.discard(tp)
+            for tp in list(remaining):  # an empty tail (e.g. transaction markers) ends by position
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
     finally:
         await consumer.stop()
     return values
