@@ -91,3 +91,29 @@ def test_virtual_capable_providers_come_back_from_anywhere_only_when_asked() -> 
     assert found == [remote]
     outcome = route("behavioral_health", MemberCoverage("M", "NET-A", 40.0, -89.0), found, RoutingPolicy())
     assert isinstance(outcome, Routed) and outcome.chosen.virtual
+
+
+def test_only_the_kept_ranks_are_scored_in_full_yet_every_policy_ranks_like_a_full_scan() -> None:
+    # route() skips the full score of providers that cannot reach the kept ranks and the index
+    # skips grid cells wholly out of reach: neither may change a ranking, a count or a reason.
+    directory = synthetic_directory(1000, seed=3)
+    index = ProviderIndex(cell_degrees=0.25)
+    for provider in directory:
+        index.upsert(provider)
+    reserved = {p.npi: 3 for p in directory[::4]}
+    policies = (
+        RoutingPolicy(max_alternatives=0),
+        RoutingPolicy(max_alternatives=40, virtual_distance_score=1.0),
+        RoutingPolicy(weights={"distance": 1.0, "capacity": 0.5}, capacity_saturation=1),
+        RoutingPolicy(weights={"quality": 1.0}, distance_limits_km={"snf": 5.0, "home_health": 300.0}),
+    )
+    rng = random.Random(5)
+    for policy in policies:
+        for _ in range(25):
+            member = MemberCoverage("M", rng.choice(NETWORKS), rng.uniform(37.0, 42.0), rng.uniform(-91.0, -87.5))
+            service = rng.choice(SERVICES)
+            candidates, counts = index.lookup(service, member.network_id, member.latitude, member.longitude,
+                                              policy.distance_limit_km(service), policy.allows_virtual(service))
+            expected = route(service, member, directory, policy, reserved)
+            assert route(service, member, candidates, policy, reserved, narrowed=counts) == expected
+            assert route(service, member, iter(directory), policy, reserved) == expected

@@ -23,8 +23,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from math import asin, cos, pi, radians, sin, sqrt
+from math import asin, cos, inf, pi, radians, sin, sqrt
 
+from .directory_index import Candidates, row_of
 from .geo import EARTH_RADIUS_KM, haversine_km
 from .model import (
     PREFERRED,
@@ -130,7 +131,13 @@ def score_components(
     limit_km: float, policy: RoutingPolicy,
 ) -> dict[str, float]:
     """The weighted score components of one qualifying provider (rule step 2), rounded to 6 places."""
-    scorer = _Scorer(policy)
+    return _components(_Scorer(policy), provider, tier, distance_km, virtual, spare_capacity, limit_km)
+
+
+def _components(
+    scorer: _Scorer, provider: ProviderProfile, tier: str, distance_km: float, virtual: bool, spare_capacity: int,
+    limit_km: float,
+) -> dict[str, float]:
     if virtual:
         distance_part = scorer.virtual_distance
     else:
@@ -154,63 +161,108 @@ def route(
     service, network and geography, ``narrowed`` carries its counts so the reason stays exact.
     The score is the sum of the unrounded components, rounded to 6 places; the explanation
     shows each component rounded to 6 places.
+
+    The loop below runs once per candidate (hundreds per referral), so it does only what the
+    result needs: every provider is filtered and the qualified ones counted, but only the best
+    ``max_alternatives + 1`` are ranked and explained, so a provider whose score cannot reach
+    them (an upper bound of it is below ``cut``) is not scored in full, and one surely within
+    the distance limit gets its haversine distance only when its score is needed. The result is
+    exactly that of scoring and ranking every qualified provider. The survivors of each filter,
+    which only an unroutable referral needs, are counted afterwards (``_unroutable``).
     """
+    if not isinstance(candidates, (list, tuple)):
+        candidates = list(candidates)  # walked twice when nobody qualifies
+    network_id = member.network_id
+    if isinstance(candidates, Candidates) and candidates.key == (service_category, network_id):
+        rows = candidates.rows
+    else:
+        rows = [row_of(p, tier) for p in candidates if p.active and service_category in p.services
+                and (tier := p.networks.get(network_id)) is not None]
     reserved = reserved or {}
     limit_km = policy.distance_limit_km(service_category)
     virtual_allowed = policy.allows_virtual(service_category)
-    network_id = member.network_id
     home_lat, home_lon = member.latitude, member.longitude
-    # The loop below runs once per candidate (hundreds per referral): the scoring arithmetic of
-    # _Scorer.parts is inlined with the policy's numbers in locals.
+    # The scoring arithmetic of _Scorer.parts is inlined with the policy's numbers in locals.
     scorer = _Scorer(policy)
-    w_tier, w_distance, virtual_distance = scorer.w_tier, scorer.w_distance, scorer.virtual_distance
-    quality_scale, capacity_scale = scorer.w_quality / 5.0, scorer.w_capacity / scorer.saturation
+    w_tier, w_distance, saturation = scorer.w_tier, scorer.w_distance, scorer.saturation
+    virtual_part = w_distance * scorer.virtual_distance
+    quality_scale, capacity_scale = scorer.w_quality / 5.0, scorer.w_capacity / saturation
     w_capacity, w_quality = scorer.w_capacity, scorer.w_quality
     cost_scale, cost_worst, w_cost = scorer.w_cost / scorer.cost_span, scorer.cost_worst, scorer.w_cost
+    # Upper bounds of tier + quality + cost + distance: each part is at most its weight, and a
+    # float sum does not decrease when a term grows, so bound + capacity >= the score.
+    bound_preferred = w_tier + w_quality + w_cost + w_distance
+    bound_standard = 0.0 + w_quality + w_cost + w_distance
     home_phi, cos_home = radians(home_lat), cos(radians(home_lat))
     lat_limit_deg = limit_km / _KM_PER_DEGREE
-    offering = in_network = reachable = accepting = 0
+    # A provider with |dlat| + cos(home latitude) x |dlon| (degrees) below ``inner_deg`` is within
+    # the limit: that sum is the length of a path (along the member's parallel, then along the
+    # provider's meridian) no shorter than the great circle. The margin keeps the haversine's
+    # own rounding out of it; the test is off where the band of latitudes leaves -90..90.
+    inner_deg = (lat_limit_deg * (1.0 - 1e-9)
+                 if limit_km > 0.0 and abs(home_lat) + lat_limit_deg < 90.0 else -1.0)
+    keep = policy.max_alternatives + 1
+    # Rounded to 6 places, a score more than ``margin`` below the keep-th best exact score so far
+    # ranks strictly below all of those, whatever its NPI: it cannot be among the kept.
+    margin = max(1e-5, 1e-9 * sum(policy.weights.values()))
+    best: list[float] = []  # min-heap of the best ``keep`` exact scores so far
+    cut = -inf  # best[0] - margin once ``keep`` scores are known
+    qualified = 0
     # (-score, npi, provider, tier, distance_km or None when reached virtually, spare)
-    qualified: list[tuple[float, str, ProviderProfile, str, float | None, int]] = []
-    for provider in candidates:
-        if not provider.active or service_category not in provider.services:
+    scored: list[tuple[float, str, ProviderProfile, str, float | None, int]] = []
+    for npi, latitude, longitude, accepting, capacity, virtual_capable, quality_score, cost_index, tier, provider \
+            in rows:
+        if not accepting:
             continue
-        offering += 1
-        tier = provider.networks.get(network_id)
-        if tier is None:
-            continue
-        in_network += 1
-        distance_km: float | None = None
-        latitude = provider.latitude
-        if -lat_limit_deg <= latitude - home_lat <= lat_limit_deg:  # lower bound of the distance
-            phi = radians(latitude)
-            half_dlon = radians(provider.longitude - home_lon) / 2
-            a = sin((phi - home_phi) / 2) ** 2 + cos_home * cos(phi) * sin(half_dlon) ** 2
-            distance_km = 2 * EARTH_RADIUS_KM * asin(min(1.0, sqrt(a)))  # haversine, as geo.haversine_km
-            if distance_km > limit_km:
-                distance_km = None
-        if distance_km is None and not (virtual_allowed and provider.virtual_capable):
-            continue
-        reachable += 1
-        if not provider.accepting:
-            continue
-        accepting += 1
-        spare = provider.capacity - reserved.get(provider.npi, 0)
+        spare = capacity - reserved.get(npi, 0)
         if spare <= 0:
             continue
-        quality = provider.quality_score * quality_scale
-        cost = (cost_worst - provider.cost_index) * cost_scale
-        score = (
+        distance_km: float | None = None
+        dlat = latitude - home_lat
+        if -lat_limit_deg <= dlat <= lat_limit_deg:  # lower bound of the distance
+            dlon = longitude - home_lon
+            if (dlat if dlat >= 0.0 else -dlat) + cos_home * (dlon if dlon >= 0.0 else -dlon) < inner_deg:
+                distance_km = -1.0  # surely within: the distance is computed if the score needs it
+            else:
+                phi = radians(latitude)
+                a = sin((phi - home_phi) / 2) ** 2 + cos_home * cos(phi) * sin(radians(dlon) / 2) ** 2
+                distance_km = 2 * EARTH_RADIUS_KM * asin(min(1.0, sqrt(a)))  # haversine, as geo.haversine_km
+                if distance_km > limit_km:
+                    distance_km = None
+        if distance_km is None and not (virtual_allowed and virtual_capable):
+            continue
+        qualified += 1
+        capacity_part = w_capacity if spare >= saturation else spare * capacity_scale
+        if (bound_preferred if tier == PREFERRED else bound_standard) + capacity_part < cut:
+            continue
+        quality = quality_score * quality_scale
+        cost = (cost_worst - cost_index) * cost_scale
+        partial = (
             (w_tier if tier == PREFERRED else 0.0)
             + (w_quality if quality > w_quality else quality if quality > 0.0 else 0.0)
             + (w_cost if cost > w_cost else cost if cost > 0.0 else 0.0)
-            + (w_distance * virtual_distance if distance_km is None else w_distance * (1.0 - distance_km / limit_km))
-            + (w_capacity if spare >= scorer.saturation else spare * capacity_scale)
         )
-        qualified.append((-round(score, 6), provider.npi, provider, tier, distance_km, spare))
+        if distance_km is None:
+            score = partial + virtual_part + capacity_part
+        else:
+            if distance_km < 0.0:
+                if partial + w_distance + capacity_part < cut:
+                    continue
+                distance_km = haversine_km(home_lat, home_lon, latitude, longitude)
+            score = partial + w_distance * (1.0 - distance_km / limit_km) + capacity_part
+        if score < cut:
+            continue
+        scored.append((-round(score, 6), npi, provider, tier, distance_km, spare))
+        if len(best) < keep:
+            heapq.heappush(best, score)
+            if len(best) == keep:
+                cut = best[0] - margin
+        elif score > best[0]:
+            heapq.heapreplace(best, score)
+            cut = best[0] - margin
     if not qualified:
-        return _unroutable(service_category, limit_km, offering, in_network, reachable, accepting, narrowed)
-    ranked = heapq.nsmallest(policy.max_alternatives + 1, qualified, key=lambda q: (q[0], q[1]))
+        return _unroutable(service_category, member, candidates, limit_km, virtual_allowed, narrowed)
+    ranked = heapq.nsmallest(keep, scored, key=lambda q: (q[0], q[1]))
     explained = []
     for negative_score, npi, provider, tier, distance_km, spare in ranked:
         virtual = distance_km is None
@@ -218,16 +270,36 @@ def route(
         assert shown_km is not None
         explained.append(ScoredCandidate(
             npi=npi, tin=provider.tin, tier=tier, score=-negative_score,
-            components=score_components(provider, tier, shown_km, virtual, spare, limit_km, policy),
+            components=_components(scorer, provider, tier, shown_km, virtual, spare, limit_km),
             distance_km=round(shown_km, 2), virtual=virtual, spare_capacity=spare,
         ))
-    return Routed(chosen=explained[0], alternatives=tuple(explained[1:]), candidates_considered=len(qualified))
+    return Routed(chosen=explained[0], alternatives=tuple(explained[1:]), candidates_considered=qualified)
 
 
 def _unroutable(
-    service_category: str, limit_km: float, offering: int, in_network: int, reachable: int, accepting: int,
-    narrowed: StageCounts | None,
+    service_category: str, member: MemberCoverage, candidates: Iterable[ProviderProfile], limit_km: float,
+    virtual_allowed: bool, narrowed: StageCounts | None,
 ) -> Unroutable:
+    """Why nobody qualified: the survivors of each filter of rule step 1, in its order."""
+    network_id = member.network_id
+    lat_limit_deg = limit_km / _KM_PER_DEGREE
+    offering = in_network = reachable = accepting = 0
+    for provider in candidates:
+        if not provider.active or service_category not in provider.services:
+            continue
+        offering += 1
+        if provider.networks.get(network_id) is None:
+            continue
+        in_network += 1
+        latitude = provider.latitude
+        within = (-lat_limit_deg <= latitude - member.latitude <= lat_limit_deg
+                  and not haversine_km(member.latitude, member.longitude, latitude, provider.longitude) > limit_km)
+        if not within and not (virtual_allowed and provider.virtual_capable):
+            continue
+        reachable += 1
+        if not provider.accepting:
+            continue
+        accepting += 1
     if narrowed is not None:
         if narrowed.offering_service == 0:
             offering = 0
