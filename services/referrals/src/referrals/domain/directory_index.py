@@ -91,10 +91,10 @@ class ProviderIndex:
         self._profiles: dict[str, ProviderProfile] = {}
         self._cells: dict[Key, dict[Cell, dict[str, ProviderProfile]]] = {}
         self._virtual: dict[Key, dict[str, ProviderProfile]] = {}
-        #: rows of a (key, cell) and (cell, row) pairs of a key's virtual-capable providers, built
-        #: on first use and dropped when a provider of theirs changes
+        #: rows of a (key, cell), and a key's virtual-capable providers by grid row (columns,
+        #: profiles, rows, rows with a tier), built on first use and dropped when one of theirs changes
         self._rows: dict[tuple[Key, Cell], tuple[list[ProviderProfile], list[Row]]] = {}
-        self._virtual_rows: dict[Key, list[tuple[int, int, ProviderProfile, Row]]] = {}
+        self._virtual_rows: dict[Key, dict[int, tuple[list[int], list[ProviderProfile], list[Row], list[Row]]]] = {}
         self._offering: Counter[str] = Counter()
         self._in_network: Counter[Key] = Counter()
 
@@ -159,6 +159,21 @@ class ProviderIndex:
                                                           if p.networks[network_id] is not None])
         return built
 
+    def _virtual_by_row(self, key: Key) -> dict[int, tuple[list[int], list[ProviderProfile], list[Row], list[Row]]]:
+        by_row = self._virtual_rows.get(key)
+        if by_row is None:
+            by_row = self._virtual_rows[key] = {}
+            network_id = key[1]
+            for profile in self._virtual.get(key, {}).values():
+                row, col = self._cell(profile.latitude, profile.longitude)
+                columns, profiles, rows, in_network = by_row.setdefault(row, ([], [], [], []))
+                columns.append(col)
+                profiles.append(profile)
+                rows.append(row_of(profile, profile.networks[network_id]))
+                if rows[-1][8] is not None:
+                    in_network.append(rows[-1])
+        return by_row
+
     def lookup(
         self, service_category: str, network_id: str, latitude: float, longitude: float, radius_km: float,
         include_virtual: bool,
@@ -202,17 +217,16 @@ class ProviderIndex:
                         profiles, cell_rows = self._cell_rows(key, (row, col), occupied)
                         found += profiles
                         rows += cell_rows
-        if include_virtual:
-            virtual = self._virtual_rows.get(key)
-            if virtual is None:
-                virtual = self._virtual_rows[key] = [
-                    (*self._cell(p.latitude, p.longitude), p, row_of(p, p.networks[network_id]))
-                    for p in self._virtual.get(key, {}).values()
-                ]
-            for row, col, profile, virtual_row in virtual:  # those not already found in their cell
+        if include_virtual:  # those not already found in their cell, by grid row
+            for row, (columns, profiles, virtual_rows, in_network) in self._virtual_by_row(key).items():
                 span = visited.get(row)
-                if span is None or not span[0] <= col <= span[1]:
-                    found.append(profile)
-                    if virtual_row[8] is not None:
-                        rows.append(virtual_row)
+                if span is None:
+                    found += profiles
+                    rows += in_network
+                    continue
+                for col, profile, virtual_row in zip(columns, profiles, virtual_rows, strict=True):
+                    if not span[0] <= col <= span[1]:
+                        found.append(profile)
+                        if virtual_row[8] is not None:
+                            rows.append(virtual_row)
         return Candidates(found, key, rows), counts
