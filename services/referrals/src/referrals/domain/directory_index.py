@@ -42,14 +42,16 @@ class Candidates(list[ProviderProfile]):
     """What a lookup found: a plain list of profiles to any caller; for ``route()`` also the
     ``rows`` of those of them that are in the network (a tier that is not None), in the same
     order, and the (service, network) ``key`` they were found under: all are active and offer
-    that service."""
+    that service. Meant to be read, not changed: ``route()`` falls back to the profiles when the
+    list no longer has the length it was found with."""
 
-    __slots__ = ("key", "rows")
+    __slots__ = ("found", "key", "rows")
 
     def __init__(self, profiles: list[ProviderProfile], key: Key, rows: list[Row]) -> None:
         super().__init__(profiles)
         self.key = key
         self.rows = rows
+        self.found = len(profiles)
 
 
 def _columns_in_reach(

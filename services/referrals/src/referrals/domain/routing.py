@@ -173,7 +173,8 @@ def route(
     if not isinstance(candidates, (list, tuple)):
         candidates = list(candidates)  # walked twice when nobody qualifies
     network_id = member.network_id
-    if isinstance(candidates, Candidates) and candidates.key == (service_category, network_id):
+    if (isinstance(candidates, Candidates) and candidates.key == (service_category, network_id)
+            and candidates.found == len(candidates)):
         rows = candidates.rows
     else:
         rows = [row_of(p, tier) for p in candidates if p.active and service_category in p.services
