@@ -552,12 +552,14 @@ def canonical_event(value: bytes) -> tuple[str, str, str]:
 
 
 async def read_topic(env: Any, topic: str, timeout: float = 180) -> list[bytes]:
-    """Every record value on a (catalog) topic, read up to the end offsets it has now.
+    """Every record value on a (catalog) topic, read up to its end offsets.
 
     Callers read after the services settled, so the end offsets are final. No consumer group
-    (no join to wait for) and no "idle for a while" heuristic: on a loaded machine the first
-    fetch can take longer than any idle window, which once read an empty topic."""
+    (no join to wait for) and no "idle for a while" heuristic (on a loaded machine the first
+    fetch can be slower than any idle window, which once read an empty topic); the end offsets
+    come from ``log_end_offsets`` (the embedded broker's ListOffsets answer is short)."""
     from aiokafka import TopicPartition
+    from cth_shared.broker import log_end_offsets
 
     consumer = AIOKafkaConsumer(bootstrap_servers=env.kafka_bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -572,19 +574,16 @@ async def read_topic(env: Any, topic: str, timeout: float = 180) -> list[bytes]:
             assert time.monotonic() < deadline, f"no metadata for {topic}"
             await consumer.topics()
             partitions = consumer.partitions_for_topic(name)
-        assigned = [TopicPartition(name, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        ends = await consumer.end_offsets(assigned)
+        ends = await log_end_offsets(consumer, [TopicPartition(name, p) for p in sorted(partitions)])
         remaining = {tp for tp, end in ends.items() if end > 0}
+        consumer.assign(sorted(remaining, key=lambda tp: tp.partition))
+        if remaining:
+            await consumer.seek_to_beginning(*remaining)
         while remaining:
             assert time.monotonic() < deadline, f"reading {topic} did not finish: {len(values)} records so far"
             for tp, batch in (await consumer.getmany(*remaining, timeout_ms=300, max_records=5000)).items():
                 values.extend(r.value for r in batch if r.value is not None and r.offset < ends[tp])
                 if batch and batch[-1].offset >= ends[tp] - 1:
-                    remaining.discard(tp)
-            for tp in list(remaining):  # an empty tail (e.g. transaction markers) ends by position
-                if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
     finally:
         await consumer.stop()

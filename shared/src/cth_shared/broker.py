@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Sequence
+from typing import Any
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -52,3 +55,37 @@ def make_broker(
         middlewares=[KafkaTelemetryMiddleware(tracer_provider=tracer_provider)],
         logger=None,
     )
+
+
+async def log_end_offsets(consumer: Any, partitions: Sequence[Any], timeout_s: float = 10.0) -> dict[Any, int]:
+    """The offset after the last record of each partition, correct on the embedded broker too.
+
+    ``AIOKafkaConsumer.end_offsets`` (ListOffsets "latest") is right on Apache Kafka; Tansu 0.6
+    answers with the base offset of the partition's last record batch plus one, i.e. short by
+    the rest of that batch. A fetch response's high watermark is right on both, so this also
+    reads one batch from there and keeps the larger value. ``consumer`` must not be in a
+    group; this assigns it ``partitions`` for the probe and clears its assignment after.
+    """
+    ends = await consumer.end_offsets(list(partitions))
+    probe = [tp for tp, end in ends.items() if end > 0]
+    if not probe:
+        return dict(ends)
+    consumer.assign(probe)
+    for tp in probe:
+        consumer.seek(tp, ends[tp] - 1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pending = set(probe)
+    try:
+        while pending and loop.time() < deadline:
+            await consumer.getmany(*pending, timeout_ms=200, max_records=1)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    ends[tp] = max(ends[tp], highwater)
+                    pending.discard(tp)
+    finally:
+        consumer.unsubscribe()  # no background prefetching between probes
+    if pending:
+        raise TimeoutError(f"no fetch answer for {len(pending)} partitions within {timeout_s:.0f}s")
+    return dict(ends)

@@ -39,6 +39,7 @@ from typing import Any, Self
 import asyncpg
 import httpx
 
+from .broker import log_end_offsets
 from .embedded import EmbeddedStack, create_catalog_topics, pdeathsig_preexec
 
 __all__ = [
@@ -433,7 +434,7 @@ class LagProbe:
         result: dict[str, int] = {}
         for spec in self.services:
             partitions = self._partitions[spec.name]
-            ends = await self._consumer.end_offsets(partitions)
+            ends = await log_end_offsets(self._consumer, partitions)
             committed = await self._admin.list_consumer_group_offsets(
                 f"{self.stack.topic_prefix}{spec.name}", partitions=partitions
             )
