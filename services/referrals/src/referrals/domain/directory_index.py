@@ -33,9 +33,9 @@ Row = tuple[str, float, float, bool, int, bool, float, float, str, ProviderProfi
 
 
 def row_of(profile: ProviderProfile, tier: str) -> Row:
-    """``profile`` as a ``Row`` (numbers copied, so a cell's rows lie together in memory)."""
-    return (profile.npi, profile.latitude * 1.0, profile.longitude * 1.0, profile.accepting, profile.capacity,
-            profile.virtual_capable, profile.quality_score * 1.0, profile.cost_index * 1.0, tier, profile)
+    """``profile`` as a ``Row``."""
+    return (profile.npi, profile.latitude, profile.longitude, profile.accepting, profile.capacity,
+            profile.virtual_capable, profile.quality_score, profile.cost_index, tier, profile)
 
 
 class Candidates(list[ProviderProfile]):
