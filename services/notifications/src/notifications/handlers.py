@@ -73,6 +73,18 @@ class _NewAlert:
     context: otel_context.Context  # the handler's span: the published event continues its trace
 
 
+async def _subscriptions(uow: UnitOfWork, organizations: Sequence[str]) -> list[Any]:
+    """Active subscriptions of ``organizations``, read once per transaction (a batch lane).
+
+    Subscriptions change only through the API, in transactions of their own; a batch sees
+    them as of its first read, as if it had started a moment earlier."""
+    key = ("subscriptions", tuple(organizations))
+    found = uow.memo.get(key)
+    if found is None:
+        found = uow.memo[key] = await store.active_subscriptions(uow.conn, organizations)
+    return list(found)
+
+
 async def _finish_new_alerts(uow: UnitOfWork, alerts: list[_NewAlert]) -> None:
     """Sequence numbers, ``notification.created`` and NOTIFY for a batch's new alerts at once."""
     sequences = await store.assign_sequences(uow.conn, [a.notification_id for a in alerts])
@@ -214,7 +226,7 @@ class AlertHandlers:
         if not originals:
             return
         organizations = sorted({o["organization_id"] for o in originals})
-        subscriptions = await store.active_subscriptions(uow.conn, organizations)
+        subscriptions = await _subscriptions(uow, organizations)
         for original in originals:
             content = dict(_json(original["content"]), cancelled_at=cancelled_at.isoformat(), retraction=True)
             recipient = Recipient(original["recipient_id"], original["recipient_role"], original["organization_id"])
@@ -282,7 +294,7 @@ class AlertHandlers:
         with _tracer.start_as_current_span("notifications.plan_alerts", attributes={"cth.alert_kind": kind.value}):
             care_team = await store.care_team_at(uow.conn, member_id, event_time.date())
             organizations = _organizations(care_team, self.payer_organization_id)
-            subscriptions = await store.active_subscriptions(uow.conn, organizations)
+            subscriptions = await _subscriptions(uow, organizations)
             planned = plan_alerts(self.rules, kind, patient_class, care_team, parties, subscriptions,
                                   self.payer_organization_id)
         for alert in planned:

@@ -57,6 +57,9 @@ class UnitOfWork:
     #: Work handlers queued for one set-based step at flush (see :meth:`defer`).
     deferred: list[tuple[str, Any]] = field(default_factory=list)
     _finishers: dict[str, Finisher] = field(default_factory=dict)
+    #: Reads a handler may reuse for the rest of this transaction (read models that only
+    #: other transactions change, e.g. subscriptions); never holds this transaction's writes.
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     def defer(self, kind: str, item: Any, finisher: Finisher) -> None:
         """Queue ``item`` for ``finisher``, which runs once at :meth:`flush` with every item of
