@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from attribution.bulk import changed_event_json
+from attribution.bulk import _EventIds, changed_event_json
 from attribution.domain import AttributionRules, Enrollment, MemberFacts, ProviderFacts, ServiceLine, attribute
 from attribution.handlers import to_contract
 from attribution.store import care_team_json, explanation_dict
@@ -56,3 +57,12 @@ def test_bulk_recompute_memoised_results_and_spliced_event_bytes_match_a_direct_
         if row[0] != member_ids[-1]:
             assert parse_event(payload).data == to_contract(row[0], as_of, result, None)
     assert len({json.loads(h)["ce_id"] for *_, h in chunk.outbox}) == 3
+
+
+def test_bulk_event_ids_are_distinct_random_version_4_uuids_across_buffer_refills() -> None:
+    ids = _EventIds()
+    drawn = [ids() for _ in range(10_000)]  # more than one 4,096-id buffer
+    assert len(set(drawn)) == len(drawn)
+    for value in drawn[4090:4100]:
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, value)

@@ -21,8 +21,12 @@ File formats (CSV with a header row):
 
 Effective dates are ``--as-of`` (the load's business date; default today), made monotone per
 member like the live path. Claim ids already stored are skipped by a backfill (corrections
-of known claims go through the live topic). The service schema must exist (start the
-service once, or pass ``--migrate``).
+of known claims go through the live topic). A member named twice in a roster file takes
+its last row. The service schema must exist (start the service once, or pass ``--migrate``).
+
+A run is one transaction that first takes the bulk lock (:func:`lock_out_live_writers`): the
+running service's handlers wait for it (their events queue as consumer lag and are applied
+afterwards, nothing is lost), so a 1M-member roster pauses live attribution for about 20 s.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ from .store import care_team_from_json, care_team_json, explanation_dict
 
 SOURCE = "urn:cth:attribution:bulk"
 CHUNK_MEMBERS = 20_000
+ROSTER_COLUMNS = ("member_id", "plan_id", "network_id", "virtual_first", "v1c_group_npi", "effective_date",
+                  "termination_date", "care_manager_id", "selected_pcp_npi")
 CHUNK_CLAIM_LINES = 100_000
 BULK_WORK_MEM = "128MB"
 
@@ -81,6 +87,34 @@ class BulkReport:
                 "changes_emitted": self.changes_emitted, "seconds": round(self.seconds, 3)}
 
 
+# --------------------------------------------------------------------------- the bulk lock
+
+#: Every table a bulk run writes, except the outbox (inserts only, never a conflict).
+BULK_LOCKED_TABLES = ("members", "claims", "voided_claims", "service_days", "attribution_current",
+                      "attribution_history")
+LOCK_ATTEMPTS = 5
+
+
+async def lock_out_live_writers(conn: asyncpg.Connection) -> None:
+    """Hold off the live handlers' writes (and other bulk runs) until this transaction ends.
+
+    SHARE ROW EXCLUSIVE lets readers (the HTTP API) through and makes writers wait, so the live
+    service's events queue in their topics (consumer lag) for the run's duration and are applied
+    after it: a bulk result is never computed from facts a live handler is changing, and neither
+    side overwrites the other. Holding every table first means the run itself never waits on a
+    live transaction (no deadlock later); a deadlock while acquiring them is retried.
+    """
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            async with conn.transaction():  # a savepoint: a lost deadlock leaves the outer transaction usable
+                await conn.execute(f"LOCK TABLE {', '.join(BULK_LOCKED_TABLES)} IN SHARE ROW EXCLUSIVE MODE")
+            return
+        except asyncpg.exceptions.DeadlockDetectedError:
+            if attempt == LOCK_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.2 * attempt)
+
+
 # --------------------------------------------------------------------------- roster
 
 
@@ -89,44 +123,61 @@ async def load_roster(conn: asyncpg.Connection, path: str, rules: AttributionRul
     """Reload the roster from ``path`` and recompute every member it names."""
     started = time.perf_counter()
     async with conn.transaction():
+        await lock_out_live_writers(conn)
+        # ``line`` numbers the rows in file order: when a member appears more than once, the last row wins.
         await conn.execute(
             "CREATE TEMP TABLE roster_stage (member_id text, plan_id text, network_id text, virtual_first boolean,"
             " v1c_group_npi text, effective_date date, termination_date date, care_manager_id text,"
-            " selected_pcp_npi text) ON COMMIT DROP"
+            " selected_pcp_npi text, line bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DROP"
         )
-        status = await conn.copy_to_table("roster_stage", source=path, format="csv", header=True)
+        status = await conn.copy_to_table("roster_stage", source=path, format="csv", header=True,
+                                          columns=list(ROSTER_COLUMNS))
         rows = int(status.split()[-1])  # "COPY <n>"
+        await conn.execute(f"SET LOCAL work_mem = '{BULK_WORK_MEM}'")  # in-memory hashes and sorts from here on
+        # Keyed, so the recompute reads members and results as one merge join over the primary keys (no sort);
+        # filled from the upsert's own (distinct) output rather than a second sort of the stage.
+        await conn.execute("CREATE TEMP TABLE roster_ids (member_id text PRIMARY KEY) ON COMMIT DROP")
+        # Under the bulk lock the members table holds still: existing members are updated, new ones get a plain
+        # insert (no conflict arbitration; a first load is all inserts).
         await conn.execute(
             """
-            INSERT INTO members AS m (member_id, plan_id, network_id, virtual_first, v1c_group_npi, effective_date,
-                                      termination_date, care_manager_id, selected_pcp_npi, selection,
-                                      selection_effective)
-            SELECT DISTINCT ON (member_id) member_id, plan_id, nullif(network_id, ''), coalesce(virtual_first, false),
-                   nullif(v1c_group_npi, ''), effective_date, termination_date, nullif(care_manager_id, ''),
-                   nullif(selected_pcp_npi, ''),
-                   CASE WHEN nullif(selected_pcp_npi, '') IS NOT NULL THEN 'member_selected' END,
-                   CASE WHEN nullif(selected_pcp_npi, '') IS NOT NULL THEN effective_date END
-            FROM roster_stage ORDER BY member_id
-            ON CONFLICT (member_id) DO UPDATE SET
-                plan_id = excluded.plan_id, network_id = excluded.network_id, virtual_first = excluded.virtual_first,
-                v1c_group_npi = excluded.v1c_group_npi, effective_date = excluded.effective_date,
-                termination_date = excluded.termination_date, care_manager_id = excluded.care_manager_id,
-                disenrolled_on = CASE WHEN m.disenrolled_on IS NOT NULL AND excluded.effective_date > m.disenrolled_on
-                                      THEN NULL ELSE m.disenrolled_on END,
-                selected_pcp_npi = coalesce(excluded.selected_pcp_npi, m.selected_pcp_npi),
-                selection = CASE WHEN excluded.selected_pcp_npi IS DISTINCT FROM m.selected_pcp_npi
-                                  AND excluded.selected_pcp_npi IS NOT NULL THEN excluded.selection
-                                 ELSE m.selection END,
-                selection_effective = CASE WHEN excluded.selected_pcp_npi IS DISTINCT FROM m.selected_pcp_npi
-                                            AND excluded.selected_pcp_npi IS NOT NULL
-                                           THEN excluded.selection_effective ELSE m.selection_effective END,
-                updated_at = now()
+            WITH roster AS MATERIALIZED (
+                SELECT DISTINCT ON (member_id) member_id, plan_id, nullif(network_id, '') AS network_id,
+                       coalesce(virtual_first, false) AS virtual_first, nullif(v1c_group_npi, '') AS v1c_group_npi,
+                       effective_date, termination_date, nullif(care_manager_id, '') AS care_manager_id,
+                       nullif(selected_pcp_npi, '') AS selected_pcp_npi
+                FROM roster_stage ORDER BY member_id, line DESC
+            ), updated AS (
+                UPDATE members m SET
+                    plan_id = r.plan_id, network_id = r.network_id, virtual_first = r.virtual_first,
+                    v1c_group_npi = r.v1c_group_npi, effective_date = r.effective_date,
+                    termination_date = r.termination_date, care_manager_id = r.care_manager_id,
+                    disenrolled_on = CASE WHEN m.disenrolled_on IS NOT NULL AND r.effective_date > m.disenrolled_on
+                                          THEN NULL ELSE m.disenrolled_on END,
+                    selected_pcp_npi = coalesce(r.selected_pcp_npi, m.selected_pcp_npi),
+                    selection = CASE WHEN r.selected_pcp_npi IS DISTINCT FROM m.selected_pcp_npi
+                                      AND r.selected_pcp_npi IS NOT NULL THEN 'member_selected'
+                                     ELSE m.selection END,
+                    selection_effective = CASE WHEN r.selected_pcp_npi IS DISTINCT FROM m.selected_pcp_npi
+                                                AND r.selected_pcp_npi IS NOT NULL
+                                               THEN r.effective_date ELSE m.selection_effective END,
+                    updated_at = now()
+                FROM roster r WHERE m.member_id = r.member_id
+                RETURNING m.member_id
+            ), inserted AS (
+                INSERT INTO members (member_id, plan_id, network_id, virtual_first, v1c_group_npi, effective_date,
+                                     termination_date, care_manager_id, selected_pcp_npi, selection,
+                                     selection_effective)
+                SELECT member_id, plan_id, network_id, virtual_first, v1c_group_npi, effective_date, termination_date,
+                       care_manager_id, selected_pcp_npi,
+                       CASE WHEN selected_pcp_npi IS NOT NULL THEN 'member_selected' END,
+                       CASE WHEN selected_pcp_npi IS NOT NULL THEN effective_date END
+                FROM roster r WHERE NOT EXISTS (SELECT FROM members x WHERE x.member_id = r.member_id)
+                RETURNING member_id
+            )
+            INSERT INTO roster_ids SELECT member_id FROM updated UNION ALL SELECT member_id FROM inserted
             """
         )
-        await conn.execute(f"SET LOCAL work_mem = '{BULK_WORK_MEM}'")  # in-memory hashes and sorts from here on
-        # Keyed, so the recompute reads members and results as one merge join over the primary keys (no sort).
-        await conn.execute("CREATE TEMP TABLE roster_ids (member_id text PRIMARY KEY) ON COMMIT DROP")
-        await conn.execute("INSERT INTO roster_ids SELECT DISTINCT member_id FROM roster_stage ORDER BY 1")
         await conn.execute("ANALYZE roster_ids")
         recomputed, emitted = await _recompute(conn, "roster_ids", "r.member_id", rules, as_of, tenant, topic_prefix)
     return BulkReport("roster", rows, recomputed, emitted, time.perf_counter() - started)
@@ -166,6 +217,7 @@ async def backfill_claims(conn: asyncpg.Connection, path: str, rules: Attributio
     lines_total = 0
     touched: set[str] = set()
     async with conn.transaction():
+        await lock_out_live_writers(conn)
         already_voided = {r[0] for r in await conn.fetch(
             "SELECT claim_id FROM voided_claims WHERE claim_id = ANY($1::text[])", list(voided_in_file))}
         newly_voided = {k: v for k, v in voided_in_file.items() if k not in already_voided}
@@ -257,6 +309,8 @@ async def recompute_members(conn: asyncpg.Connection, member_ids: Sequence[str],
                             tenant: str, topic_prefix: str) -> tuple[int, int]:
     """Run the rule for ``member_ids`` (in that order) and write current/history/outbox rows in batches.
 
+    Call inside a transaction that holds :func:`lock_out_live_writers`.
+
     Returns (members recomputed, changes emitted)."""
     await conn.execute("CREATE TEMP TABLE IF NOT EXISTS recompute_ids (pos int PRIMARY KEY, member_id text)"
                        " ON COMMIT DROP")
@@ -327,6 +381,7 @@ class _ChunkResult:
     current: list[tuple[Any, ...]]    # current_stage rows
     reattributed: list[tuple[str, date]]  # changed members that had a current row (may have history)
     outbox: list[tuple[str, bytes, bytes, str]]
+    existing: int = 0  # members that already had an attribution_current row
 
 
 @dataclass
@@ -358,6 +413,7 @@ class _Recomputer:
         self.memo: dict[tuple[Any, ...], _Computed] = {}
         self.teams: dict[str, tuple[CareTeamEntry, ...]] = {}
         self.docs = 0
+        self.event_ids = _EventIds()
 
     def _compute(self, row: asyncpg.Record, lines: Sequence[ServiceLine], member_as_of: date) -> _Computed:
         enrollment = prospective = None
@@ -407,6 +463,7 @@ class _Recomputer:
         current = []
         outbox = []
         reattributed: list[tuple[str, date]] = []
+        existing = 0
         nobody = NOBODY.outcome
         for row in rows:
             member_id = row[0]
@@ -431,22 +488,39 @@ class _Recomputer:
             c_method = row[12]
             previous = (c_method, row[13], row[14], self._previous_team(row[15])) if c_method else nobody
             changed = result.outcome != previous
+            existing += c_method is not None
             current.append((member_id, computed.method, result.pcp_npi, result.pcp_tin, computed.doc, member_as_of,
-                            member_as_of if changed else row[17], changed))
+                            member_as_of if changed else row[17], changed, c_method is not None))
             if changed:
                 if c_method:
                     reattributed.append((member_id, member_as_of))
-                event_id = _event_id()
+                event_id = self.event_ids()
                 outbox.append((self.topic, member_id.encode(),
                                self._payload(computed, event_id, member_id, member_as_of, row[13]),
                                '{"ce_type": "attribution.changed", "ce_id": "' + event_id + '"}'))
-        return _ChunkResult(len(rows), docs, current, reattributed, outbox)
+        return _ChunkResult(len(rows), docs, current, reattributed, outbox, existing)
 
 
-def _event_id() -> str:
-    """``uuid.uuid4().hex`` without the UUID object (a random version-4, RFC 4122 variant id)."""
-    value = int.from_bytes(os.urandom(16), "big")
-    return "%032x" % ((value & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48))
+_ID_MASK = ~(0xF000 << 64) & ~(0xC000 << 48)
+_ID_BITS = (0x4000 << 64) | (0x8000 << 48)
+_ID_BUFFER = 16 * 4096
+
+
+class _EventIds:
+    """``uuid.uuid4().hex`` without the UUID object (random version-4, RFC 4122 variant ids), from one
+    ``os.urandom`` call per 4,096 ids: each call releases the GIL, and the rule's worker thread then
+    waits for the writer to hand it back (measured: the per-id call was 14% of the bulk run's samples)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._at = 0
+
+    def __call__(self) -> str:
+        if self._at >= len(self._buffer):
+            self._buffer, self._at = os.urandom(_ID_BUFFER), 0
+        value = int.from_bytes(self._buffer[self._at:self._at + 16], "big")
+        self._at += 16
+        return "%032x" % ((value & _ID_MASK) | _ID_BITS)
 
 
 async def _create_write_stages(conn: asyncpg.Connection) -> None:
@@ -454,7 +528,8 @@ async def _create_write_stages(conn: asyncpg.Connection) -> None:
     await conn.execute("CREATE TEMP TABLE IF NOT EXISTS bulk_docs (doc int PRIMARY KEY, care_team jsonb NOT NULL,"
                        " explanation jsonb NOT NULL) ON COMMIT DROP")
     await conn.execute("CREATE TEMP TABLE IF NOT EXISTS current_stage (member_id text, method text, pcp_npi text,"
-                       " pcp_tin text, doc int, as_of date, effective_from date, changed boolean) ON COMMIT DROP")
+                       " pcp_tin text, doc int, as_of date, effective_from date, changed boolean, existed boolean)"
+                       " ON COMMIT DROP")
     await conn.execute("TRUNCATE bulk_docs, current_stage")
 
 
@@ -463,17 +538,26 @@ async def _write_chunk(conn: asyncpg.Connection, chunk: _ChunkResult) -> None:
         await conn.copy_records_to_table("bulk_docs", records=chunk.docs)
     await conn.execute("TRUNCATE current_stage")
     await conn.copy_records_to_table("current_stage", records=chunk.current)
-    await conn.execute(
-        """
-        INSERT INTO attribution_current AS c (member_id, method, pcp_npi, pcp_tin, care_team, explanation, as_of,
-                                              effective_from)
-        SELECT s.member_id, s.method, s.pcp_npi, s.pcp_tin, d.care_team, d.explanation, s.as_of, s.effective_from
-        FROM current_stage s JOIN bulk_docs d USING (doc)
-        ON CONFLICT (member_id) DO UPDATE SET method = excluded.method, pcp_npi = excluded.pcp_npi,
-            pcp_tin = excluded.pcp_tin, care_team = excluded.care_team, explanation = excluded.explanation,
-            as_of = excluded.as_of, effective_from = excluded.effective_from, updated_at = now()
-        """
-    )
+    # The bulk lock (:func:`lock_out_live_writers`) keeps the rows the chunk read as they were: members without a
+    # current row get a plain insert (no conflict arbitration, ~40% cheaper), the others an update.
+    if chunk.existing < chunk.members:
+        await conn.execute(
+            "INSERT INTO attribution_current (member_id, method, pcp_npi, pcp_tin, care_team, explanation, as_of,"
+            " effective_from) SELECT s.member_id, s.method, s.pcp_npi, s.pcp_tin, d.care_team, d.explanation, s.as_of,"
+            " s.effective_from FROM current_stage s JOIN bulk_docs d USING (doc) WHERE NOT s.existed"
+        )
+    if chunk.existing:
+        await conn.execute(
+            """
+            INSERT INTO attribution_current AS c (member_id, method, pcp_npi, pcp_tin, care_team, explanation, as_of,
+                                                  effective_from)
+            SELECT s.member_id, s.method, s.pcp_npi, s.pcp_tin, d.care_team, d.explanation, s.as_of, s.effective_from
+            FROM current_stage s JOIN bulk_docs d USING (doc) WHERE s.existed
+            ON CONFLICT (member_id) DO UPDATE SET method = excluded.method, pcp_npi = excluded.pcp_npi,
+                pcp_tin = excluded.pcp_tin, care_team = excluded.care_team, explanation = excluded.explanation,
+                as_of = excluded.as_of, effective_from = excluded.effective_from, updated_at = now()
+            """
+        )
     if not chunk.outbox:
         return
     if chunk.reattributed:
