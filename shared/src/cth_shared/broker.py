@@ -36,12 +36,19 @@ def make_broker(
     *,
     client_id: str,
     tracer_provider: TracerProvider | None = None,
+    telemetry: bool = True,
 ) -> KafkaBroker:
     """Build the Kafka broker every process uses (services, relay, producer toolkit).
 
     Producers wait for all in-sync replicas (``acks="all"``); idempotent producers are
     off because the embedded broker (Tansu) rejects them (DESIGN.md section 6): the
     inbox makes redelivery harmless instead.
+
+    ``telemetry`` adds FastStream's OpenTelemetry middleware: a span (and metrics) per published
+    message and per consumed batch. Producers at the edge (the MLLP gateway, the CLI) keep it; the
+    services turn it off because their :class:`~cth_shared.messaging.consumer.BatchProcessor` opens
+    one span per batch and per handled event, and their outbox relay forwards the producing
+    handler's stored trace context as is (per-message spans cost ~20% of pipeline throughput).
     """
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
@@ -52,7 +59,7 @@ def make_broker(
         max_batch_size=256 * 1024,
         request_timeout_ms=15_000,
         security=_security(settings),
-        middlewares=[KafkaTelemetryMiddleware(tracer_provider=tracer_provider)],
+        middlewares=[KafkaTelemetryMiddleware(tracer_provider=tracer_provider)] if telemetry else [],
         logger=None,
     )
 

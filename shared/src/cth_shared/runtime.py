@@ -109,7 +109,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     applied = await run_migrations(pool, definition.schema, definition.migrations_package)
     _log.info("migrations done", extra={"service": definition.name, "reason": f"{len(applied)} applied"})
 
-    broker = make_broker(settings, client_id=definition.name, tracer_provider=telemetry.tracer_provider)
+    broker = make_broker(settings, client_id=definition.name, telemetry=False)  # spans: BatchProcessor, relay
     relay = OutboxRelay(
         pool,
         broker,

@@ -128,9 +128,21 @@ class BatchProcessor:
         self.last_batch_at: float | None = None
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
-        """Apply one fetched batch; returns only when it is committed."""
+        """Apply one fetched batch; returns only when it is committed.
+
+        One span per batch; each handled event gets its own span in the trace its record's
+        headers carry, linked to the batch span."""
         if not records:
             return
+        with _tracer.start_as_current_span(
+            f"{self.service} process batch",
+            kind=SpanKind.CONSUMER,
+            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(records)},
+            record_exception=False,  # exception messages can quote event values (PHI)
+        ):
+            await self._process(records)
+
+    async def _process(self, records: Sequence[ConsumerRecord]) -> None:
         parsed: list[_Parsed] = []
         for record in records:
             try:

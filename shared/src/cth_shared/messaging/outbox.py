@@ -20,7 +20,6 @@ from typing import Any
 
 import asyncpg
 from faststream.kafka import KafkaBroker
-from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 
 from ..contracts import CloudEvent, EventData, new_event, topic_name, type_of
@@ -143,6 +142,10 @@ class OutboxRelay:
     ``FOR UPDATE SKIP LOCKED``. A batch is sent pipelined and awaited together; on
     any send failure the transaction rolls back and the batch is retried: delivery is
     at least once, and consumers' inboxes make it effectively once.
+
+    Give it a broker without FastStream's telemetry middleware (``make_broker(...,
+    telemetry=False)``): the rows' stored trace context is forwarded as is, and a publish
+    middleware would replace it with its own.
     """
 
     def __init__(
@@ -222,25 +225,18 @@ class OutboxRelay:
                 "outbox.relay batch", attributes={"messaging.batch.message_count": len(rows)}
             ):
                 for row in rows:
-                    headers = json.loads(row["headers"])
-                    parent = propagate.extract(headers)
-                    token = otel_context.attach(parent)
-                    try:
-                        # The telemetry middleware opens the publish span as a child of the
-                        # producing handler's span and injects its own traceparent.
-                        headers.pop("traceparent", None)
-                        headers.pop("tracestate", None)
-                        futures.append(
-                            await self._broker.publish(
-                                row["payload"],
-                                topic=row["topic"],
-                                key=row["key"],
-                                headers=headers,
-                                no_confirm=True,
-                            )
+                    # The stored headers carry the producing handler's W3C context (traceparent,
+                    # tracestate): forwarded as they are, the consumer's handler span becomes that
+                    # span's child, with no span per published record (one per batch, this one).
+                    futures.append(
+                        await self._broker.publish(
+                            row["payload"],
+                            topic=row["topic"],
+                            key=row["key"],
+                            headers=json.loads(row["headers"]),
+                            no_confirm=True,
                         )
-                    finally:
-                        otel_context.detach(token)
+                    )
                 await asyncio.gather(*futures)
             last = rows[-1]["seq"]
             await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows])
