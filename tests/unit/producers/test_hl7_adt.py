@@ -329,3 +329,16 @@ def test_event_times_are_aware(translator):
     for raw in feed("epic_style_v251.hl7") + feed("meditech_style_v23.hl7"):
         event = translated(translator, raw).event
         assert event.time.tzinfo is not None and event.time < datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("control_id", "expected"), [
+    ("EPA-0009", "EPA-0009"),
+    ("X" * 65, None),              # longer than an ACK may echo
+    ("EPA\x07BEL", None),          # not printable
+    ("", None),
+])
+def test_an_unparseable_message_still_reports_its_control_id_when_it_is_safe_to_echo(control_id, expected):
+    truncated = f"MSH|^~\\&|EPIC|HOSP|CTH|PAYER|20260301120000||ADT^A01|{control_id}|P\r"
+    with pytest.raises(Hl7Error) as caught:
+        parse_hl7(truncated)
+    assert (caught.value.reason, caught.value.control_id) == ("truncated", expected)

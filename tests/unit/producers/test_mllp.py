@@ -86,6 +86,22 @@ async def test_broker_ack_timeout_answers_ae(translator):
     assert ack_code(acks[0]) == "AE"
 
 
+async def test_acks_echo_the_control_id_even_when_the_library_cannot_build_one_from_the_message(translator):
+    # An empty segment: the library parses the message but cannot make an ACK from it, and a truncated
+    # header cannot be parsed at all; both answers must still carry MSH-10 in MSA-2 (senders match by it).
+    with_empty_segment = MESSAGES[0].replace(b"\r", b"\r\r", 1)
+    truncated = b"MSH|^~\\&|EPIC|HOSP|CTH|PAYER|20260301120000||ADT^A01|EPA-0009|P\r"
+    sink = RecordingSink()
+    listener = await listener_with(translator, sink)
+    try:
+        acks = await send_messages("127.0.0.1", listener.port, [with_empty_segment, truncated])
+    finally:
+        await listener.stop()
+    assert [ack_code(a) for a in acks] == ["AA", "AR"]
+    assert "MSA|AA|EPA-0001" in acks[0] and len(sink.events) == 1
+    assert "MSA|AR|EPA-0009|truncated" in acks[1]
+
+
 async def test_malformed_message_answers_ar_with_the_reason(translator):
     listener = await listener_with(translator, RecordingSink())
     try:

@@ -302,8 +302,10 @@ def parse_hl7(
     if not text.startswith("MSH"):
         raise Hl7Error("missing_msh", "a message must start with an MSH segment")
     _check_encoding_characters(text)
+    control_id = raw_control_id(text)  # for the ACK's MSA-2 when the library cannot read the message
     if text.count("\rMSH" + text[3]) > 0:
-        raise Hl7Error("unparseable", "more than one MSH segment; send one message per frame")
+        raise Hl7Error("unparseable", "more than one MSH segment; send one message per frame",
+                       control_id=control_id)
     if segments is not None and "\r\r" not in text:  # an empty segment: parse all, as before
         selected = _select_segments(text, segments)
         if not selected[-1].isspace():  # the library strips the end: keep the last segment whole
@@ -311,11 +313,33 @@ def parse_hl7(
     try:
         message = hl7.parse(text)
     except Exception as exc:  # the library raises assorted errors on malformed input
-        raise Hl7Error("unparseable", f"the HL7 parser rejected the message ({type(exc).__name__})") from None
+        raise Hl7Error("unparseable", f"the HL7 parser rejected the message ({type(exc).__name__})",
+                       control_id=control_id) from None
     msh = message[0]
     if len(msh) <= 12 or not _text(msh, 9) or not _text(msh, 12):
-        raise Hl7Error("truncated", "MSH ends before MSH-12 (version id); the message looks cut off")
+        raise Hl7Error("truncated", "MSH ends before MSH-12 (version id); the message looks cut off",
+                       control_id=control_id)
     return message
+
+
+def raw_control_id(text: str) -> str | None:
+    """MSH-10 (message control id) read from the raw header, for an ACK's MSA-2 when the message
+    cannot be parsed or acknowledged by the library: the sender matches ACKs to messages by it.
+
+    ``text`` starts with MSH and valid encoding characters (``parse_hl7``'s checks). None when
+    absent, longer than 64 characters or not printable (an ACK must not echo arbitrary bytes)."""
+    fields = text.split("\r", 1)[0].split(text[3])
+    value = fields[9].strip() if len(fields) > 9 else ""
+    return value if value and len(value) <= 64 and value.isprintable() else None
+
+
+def header_control_id(message: hl7.Message) -> str | None:
+    """MSH-10 of a parsed message (see :func:`raw_control_id`), None when unreadable."""
+    try:
+        value = _text(message[0], 10).strip()
+    except Exception:  # an odd header: no id rather than an error on the way to an ACK
+        return None
+    return value if value and len(value) <= 64 and value.isprintable() else None
 
 
 def _select_segments(text: str, names: Collection[str]) -> str:

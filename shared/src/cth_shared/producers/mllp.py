@@ -38,7 +38,7 @@ import hl7
 
 from cth_shared.contracts import CloudEvent
 
-from .hl7_adt import AdtEvent, AdtTranslator, Hl7Error, UnmatchedPatient, parse_hl7
+from .hl7_adt import AdtEvent, AdtTranslator, Hl7Error, UnmatchedPatient, header_control_id, parse_hl7
 
 __all__ = [
     "END_BLOCK",
@@ -160,22 +160,28 @@ def _timestamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
 
 
-def build_ack(original: hl7.Message | None, code: str, text: str = "") -> str:
+def build_ack(original: hl7.Message | None, code: str, text: str = "", control_id: str | None = None) -> str:
     """An original-mode ACK (MSH + MSA) for ``original``; a generic one when it is unreadable.
 
-    ``code`` is AA, AE or AR; ``text`` goes to MSA-3, escaped (it never holds PHI).
+    ``code`` is AA, AE or AR; ``text`` goes to MSA-3, escaped (it never holds PHI). The generic
+    ACK still carries the message's control id in MSA-2 when it can be read (``control_id``, or
+    MSH-10 of ``original``): senders match ACKs to messages by it, and an unmatched ACK makes
+    interface engines resend.
     """
     ack: hl7.Message | None = None
     if original is not None:
         try:
             ack = original.create_ack(ack_code=code, message_id=hl7.generate_message_control_id())
-        except Exception:  # an odd header is not a reason to leave the sender without an answer
+        except Exception:  # an odd header (or the library's limits) is no reason to leave the sender without an answer
             ack = None
+            control_id = control_id or header_control_id(original)
     if ack is None:
         ack = hl7.parse(
             f"MSH|^~\\&|CTH|CTH|||{_timestamp()}||ACK|{hl7.generate_message_control_id()}|P|2.5.1\r"
             f"MSA|{code}|"
         )
+        if control_id:
+            ack.segment("MSA").assign_field(ack.escape(control_id), 2)
     if text:
         ack.segment("MSA").assign_field(ack.escape(text[:200]), 3)
     return str(ack)
@@ -187,13 +193,15 @@ def _ack_source(message: hl7.Message) -> hl7.Message | None:
     Holding only the header lets the rest of the parsed tree (a few hundred containers) go at
     once: with many messages in flight, the whole trees would survive into the garbage
     collector's older generations and make every full collection slower. None when the
-    library cannot make an ACK from the whole message (the generic ACK then, as before).
+    library cannot read even the header alone (the generic ACK then, with MSA-2 from the
+    translated event's control id).
     """
     try:
-        message.segments("MSH")
+        head = message[:1]  # parse_hl7 guarantees the first segment is the MSH
+        head.segment("MSH")  # the library reads it alone even when a later segment trips it up (an empty one)
     except Exception:
         return None
-    return message[:1]
+    return head
 
 
 def ack_code(ack: str | bytes) -> str:
@@ -393,7 +401,7 @@ class MllpListener:
         except Hl7Error as error:
             self._reject(error.reason)
             log.info("hl7 message rejected: %s (control id %s)", error.reason, error.control_id)
-            reply.set_result(build_ack(message, "AR", f"{error.reason}: {error.detail}"))
+            reply.set_result(build_ack(message, "AR", f"{error.reason}: {error.detail}", control_id=error.control_id))
             return reply
         if isinstance(result, UnmatchedPatient):
             self.stats.unmatched += 1
@@ -410,9 +418,10 @@ class MllpListener:
         except Exception as exc:
             self.stats.errors += 1
             log.warning("broker did not acknowledge event for control id %s: %s", result.control_id, type(exc).__name__)
-            return build_ack(message, "AE", "broker unavailable: event not accepted, resend later")
+            return build_ack(message, "AE", "broker unavailable: event not accepted, resend later",
+                             control_id=result.control_id)
         self.stats.accepted += 1
-        return build_ack(message, "AA")
+        return build_ack(message, "AA", control_id=result.control_id)
 
 
 # --------------------------------------------------------------------------- client
