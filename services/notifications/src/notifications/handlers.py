@@ -85,6 +85,25 @@ async def _subscriptions(uow: UnitOfWork, organizations: Sequence[str]) -> list[
     return list(found)
 
 
+async def _care_team_at(uow: UnitOfWork, member_id: str, on: date) -> list[CareTeamEntry]:
+    """The member's care team in force on ``on``, read once per transaction (a batch lane) and date.
+
+    A member's events share a lane, so the gap events one discharge causes (four or five, in one
+    batch) and the alerts of one event read it once. Only :func:`_record_care_team` writes the
+    history in this service; it drops the member's cached teams."""
+    teams = uow.memo.setdefault(("care_team", member_id), {})
+    found = teams.get(on)
+    if found is None:
+        found = teams[on] = await store.care_team_at(uow.conn, member_id, on)
+    return list(found)
+
+
+async def _record_care_team(uow: UnitOfWork, member_id: str, effective_from: date, method: str,
+                            care_team: list[dict[str, Any]], source_event_id: str) -> None:
+    uow.memo.pop(("care_team", member_id), None)
+    await store.record_care_team(uow.conn, member_id, effective_from, method, care_team, source_event_id)
+
+
 async def _finish_new_alerts(uow: UnitOfWork, alerts: list[_NewAlert]) -> None:
     """Sequence numbers, ``notification.created`` and NOTIFY for a batch's new alerts at once."""
     sequences = await store.assign_sequences(uow.conn, [a.notification_id for a in alerts])
@@ -137,8 +156,8 @@ class AlertHandlers:
         changed: AttributionChanged = event.data
         _check_subject(event, changed.member_id)
         care_team = [m.model_dump(mode="json") for m in changed.care_team]
-        await store.record_care_team(uow.conn, changed.member_id, changed.effective_date, changed.method.value,
-                                     care_team, event.id)
+        await _record_care_team(uow, changed.member_id, changed.effective_date, changed.method.value, care_team,
+                                event.id)
         # Events handled before this team was known (the attribution topic may lag the others): the
         # team in force at their time gets its alerts now; recipients already alerted are skipped.
         for fact in await store.alert_facts_since(uow.conn, changed.member_id, changed.effective_date,
@@ -292,7 +311,7 @@ class AlertHandlers:
             parties=dataclasses.asdict(parties), source_event_id=source_event_id,
         )
         with _tracer.start_as_current_span("notifications.plan_alerts", attributes={"cth.alert_kind": kind.value}):
-            care_team = await store.care_team_at(uow.conn, member_id, event_time.date())
+            care_team = await _care_team_at(uow, member_id, event_time.date())
             organizations = _organizations(care_team, self.payer_organization_id)
             subscriptions = await _subscriptions(uow, organizations)
             planned = plan_alerts(self.rules, kind, patient_class, care_team, parties, subscriptions,

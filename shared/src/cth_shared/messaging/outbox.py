@@ -56,8 +56,9 @@ class UnitOfWork:
     #: Work handlers queued for one set-based step at flush (see :meth:`defer`).
     deferred: list[tuple[str, Any]] = field(default_factory=list)
     _finishers: dict[str, Finisher] = field(default_factory=dict)
-    #: Reads a handler may reuse for the rest of this transaction (read models that only
-    #: other transactions change, e.g. subscriptions); never holds this transaction's writes.
+    #: Reads a handler may reuse for the rest of this transaction (e.g. subscriptions, which only
+    #: other transactions change). A handler that caches what its own transaction writes must drop
+    #: the entry when it writes; a rolled-back savepoint drops them all (:meth:`rollback_to`).
     memo: dict[Any, Any] = field(default_factory=dict)
 
     def defer(self, kind: str, item: Any, finisher: Finisher) -> None:
@@ -72,9 +73,11 @@ class UnitOfWork:
         return len(self.rows), len(self.deferred)
 
     def rollback_to(self, mark: tuple[int, int]) -> None:
-        """Forget what was queued after ``mark`` (its savepoint was rolled back)."""
+        """Forget what was queued after ``mark`` (its savepoint was rolled back), and every memo:
+        one may hold a read of what the rolled-back work wrote."""
         del self.rows[mark[0]:]
         del self.deferred[mark[1]:]
+        self.memo.clear()
 
     def publish(
         self,
