@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     for key, row in result["figures"].items():
         table.add_row(key, " / ".join(f"{v:,}" for v in row["old"]), " / ".join(f"{v:,}" for v in row["new"]),
                       "" if row["median_ratio_new_to_old"] is None else f"{row['median_ratio_new_to_old']:.3f}")
-    Console().print(table)
+    Console(width=max(Console().width, 140)).print(table)
 
 
 if __name__ == "__main__":
