@@ -90,6 +90,8 @@ async def test_roster_load_attributes_once_last_row_wins_reload_emits_nothing_an
         assert len(await outbox_events(conn)) == 3
         assert await conn.fetchval("SELECT count(*) FROM attribution_history") == 3
 
+        # A TIN the live path recorded for the old selection must not follow the new one.
+        await conn.execute("UPDATE members SET selected_pcp_tin = '111111111' WHERE member_id = 'M1'")
         changed = await load_roster(conn, write_roster(tmp_path / "r3.csv", roster_rows(PCP_B)), rules,
                                     date(2026, 4, 1))
         assert changed.changes_emitted == 1
@@ -101,6 +103,7 @@ async def test_roster_load_attributes_once_last_row_wins_reload_emits_nothing_an
             " ORDER BY effective_from")]
         assert history == [(PCP_A, date(2026, 3, 1), date(2026, 4, 1)), (PCP_B, date(2026, 4, 1), None)]
         assert await conn.fetchval("SELECT pcp_npi FROM attribution_current WHERE member_id = 'M1'") == PCP_B
+        assert await conn.fetchval("SELECT selected_pcp_tin FROM members WHERE member_id = 'M1'") is None
 
 
 async def test_the_bulk_lock_holds_off_live_writers_until_commit_and_lets_readers_through(

@@ -155,6 +155,9 @@ async def load_roster(conn: asyncpg.Connection, path: str, rules: AttributionRul
                     disenrolled_on = CASE WHEN m.disenrolled_on IS NOT NULL AND r.effective_date > m.disenrolled_on
                                           THEN NULL ELSE m.disenrolled_on END,
                     selected_pcp_npi = coalesce(r.selected_pcp_npi, m.selected_pcp_npi),
+                    -- as the live path (store.upsert_member): a newly selected PCP's TIN is not the old one's
+                    selected_pcp_tin = CASE WHEN r.selected_pcp_npi IS NULL OR r.selected_pcp_npi = m.selected_pcp_npi
+                                            THEN m.selected_pcp_tin ELSE NULL END,
                     selection = CASE WHEN r.selected_pcp_npi IS DISTINCT FROM m.selected_pcp_npi
                                       AND r.selected_pcp_npi IS NOT NULL THEN 'member_selected'
                                      ELSE m.selection END,
