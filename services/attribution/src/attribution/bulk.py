@@ -39,6 +39,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -362,19 +363,39 @@ async def _recompute(conn: asyncpg.Connection, ids_table: str, order_by: str, ru
     recomputed = emitted = 0
     pending: _ChunkResult | None = None
     batch = await read()
-    while batch is not None:
-        computing = loop.run_in_executor(None, computer.chunk, *batch)
-        try:
-            if pending is not None:
-                await _write_chunk(conn, pending)
-            batch = await read()
-        finally:
-            pending = await computing
-        recomputed += pending.members
-        emitted += len(pending.outbox)
+    with _short_gil_switches():
+        while batch is not None:
+            computing = loop.run_in_executor(None, computer.chunk, *batch)
+            try:
+                if pending is not None:
+                    await _write_chunk(conn, pending)
+                batch = await read()
+            finally:
+                pending = await computing
+            recomputed += pending.members
+            emitted += len(pending.outbox)
     if pending is not None:
         await _write_chunk(conn, pending)
     return recomputed, emitted
+
+
+#: GIL switch interval while the rule thread runs (CPython's default is 5 ms).
+GIL_SWITCH_INTERVAL_S = 0.0002
+
+
+@contextmanager
+def _short_gil_switches() -> Iterator[None]:
+    """Let the event loop thread take the GIL back from the rule thread within 0.2 ms instead of 5 ms.
+
+    Each reply from PostgreSQL wakes the loop thread, which then waits for the rule thread to give up the
+    GIL; with ~10 round trips per chunk, the default interval leaves the server idle for up to 5 ms each
+    (paired A/B, 3 rounds, 1M members: 44.0/47.2/43.8k -> 50.4/45.9/53.7k members/s). Process-wide, so restored after."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 @dataclass
