@@ -389,7 +389,8 @@ def _short_gil_switches() -> Iterator[None]:
 
     Each reply from PostgreSQL wakes the loop thread, which then waits for the rule thread to give up the
     GIL; with ~10 round trips per chunk, the default interval leaves the server idle for up to 5 ms each
-    (paired A/B, 3 rounds, 1M members: 44.0/47.2/43.8k -> 50.4/45.9/53.7k members/s). Process-wide, so restored after."""
+    (paired A/B, 3 rounds, 1M members: 44.0/47.2/43.8k -> 50.4/45.9/53.7k members/s). Process-wide, so
+    restored after."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
