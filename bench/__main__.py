@@ -71,6 +71,27 @@ def machine() -> dict[str, Any]:
     }
 
 
+_PROBE_DOC = {"member_id": "M000123", "care_team": [{"id": f"{1000000000 + i}", "role": "pcp"} for i in range(8)],
+              "explanation": {"candidates": [{"npi": f"{i}", "allowed": i * 10.5} for i in range(8)]}}
+
+
+def speed_probe() -> float:
+    """Milliseconds for a fixed piece of pure-Python work (JSON, dicts, sorting), best of 5; lower is faster.
+
+    This virtual machine's speed drifts 10-40% within minutes (bench/notes.md); a probe before each part
+    tells a reader whether a run's figures were taken in a slow or a fast moment."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for i in range(2_000):
+            text = json.dumps(_PROBE_DOC)
+            doc = json.loads(text)
+            sorted(doc["care_team"], key=lambda m: (m["role"], m["id"]), reverse=bool(i & 1))
+            {k: v for k, v in doc.items() if k != "member_id"}
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -337,6 +358,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{m['platform']}",
         f"- load average at start: {m['load_average_at_start']}; at end: {results.get('load_average_at_end')}"
         + (" — **the machine was shared with other jobs during this run**" if results.get("shared") else ""),
+        "- CPU speed probe (fixed pure-Python work, ms, lower is faster; `speed_probe`): "
+        + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in m.get("speed_probe_ms", {}).items()),
         f"- mode: {'QUICK smoke run (not a measurement)' if results['quick'] else 'full'}",
         "",
         "## Headline figures vs the targets",
@@ -479,18 +502,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     progress(f"bench: parts {', '.join(args.parts)}{' (quick)' if args.quick else ''} on "
              f"{results['machine']['cores']} cores, load average {results['machine']['load_average_at_start']}")
+    probes = results["machine"]["speed_probe_ms"] = {"start": speed_probe()}
     with tempfile.TemporaryDirectory(prefix="cth-bench-") as tmp:
         workdir = Path(tmp)
         if "pipeline" in args.parts:
             results["pipeline"] = asyncio.run(run_pipeline(args, workdir / "pipeline"))
             results["year_extrapolation"] = extrapolate_year(results["pipeline"])
         if "hl7" in args.parts:
+            probes["before_hl7"] = speed_probe()
             results["hl7"] = run_hl7(args)
         if "routing" in args.parts:
+            probes["before_routing"] = speed_probe()
             results["routing"] = run_routing(args)
         if "bulk" in args.parts:
+            probes["before_bulk"] = speed_probe()
             (workdir / "bulk").mkdir()
             results["bulk"] = asyncio.run(run_bulk(args, workdir / "bulk"))
+    probes["end"] = speed_probe()
     results["duration_s"] = round(time.perf_counter() - started, 1)
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["figures"] = headline(results)
