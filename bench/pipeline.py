@@ -389,6 +389,10 @@ class Pipeline:
             "top_by_calls": [{"calls": r["calls"], "per_event": round(r["calls"] / events, 2) if events else None,
                               "mean_ms": round(r["total_exec_time"] / max(r["calls"], 1), 3),
                               "query": " ".join(r["query"].split())[:110]} for r in top],
+            "top_by_time": [{"calls": r["calls"], "total_ms": round(r["total_exec_time"]),
+                             "mean_ms": round(r["total_exec_time"] / max(r["calls"], 1), 3),
+                             "query": " ".join(r["query"].split())[:110]}
+                            for r in sorted(rows, key=lambda r: -r["total_exec_time"])[:10]],
         }
 
     async def dead_letters(self) -> dict[str, int]:
