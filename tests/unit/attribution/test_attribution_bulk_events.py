@@ -66,3 +66,25 @@ def test_bulk_event_ids_are_distinct_random_version_4_uuids_across_buffer_refill
     for value in drawn[4090:4100]:
         parsed = uuid.UUID(value)
         assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, value)
+
+
+def test_bulk_runs_pause_the_cyclic_collector_and_restore_its_previous_state_even_on_error() -> None:
+    import gc
+
+    import pytest
+    from attribution.bulk import _cyclic_gc_paused
+
+    assert gc.isenabled()
+    with _cyclic_gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), _cyclic_gc_paused():
+        raise RuntimeError("a failed run")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()

@@ -26,13 +26,14 @@ its last row. The service schema must exist (start the service once, or pass ``-
 
 A run is one transaction that first takes the bulk lock (:func:`lock_out_live_writers`): the
 running service's handlers wait for it (their events queue as consumer lag and are applied
-afterwards, nothing is lost), so a 1M-member roster pauses live attribution for about 20 s.
+afterwards, nothing is lost), so a 1M-member roster pauses live attribution for 15-20 s on 2 cores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import hashlib
 import json
 import os
@@ -116,6 +117,25 @@ async def lock_out_live_writers(conn: asyncpg.Connection) -> None:
             await asyncio.sleep(0.2 * attempt)
 
 
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector for a bulk run (reference counting still frees everything).
+
+    A run allocates millions of short-lived tuples and records; every few thousand allocations the collector
+    walks the young objects, and every so often all objects of the process. Measured on a 1M-member roster:
+    the client's CPU 11.2 / 10.3 s -> 8.0 / 6.9 s, the load 19.5 / 18.3 s -> 16.9 / 15.3 s; and in a process
+    that already holds a large heap (3M objects, as the benchmark harness after its other parts) 27.8 / 24.1 s
+    -> 17.1 / 18.1 s. Nothing a run allocates forms reference cycles at scale, so nothing piles up meanwhile.
+    Process-wide: the previous state is restored afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 # --------------------------------------------------------------------------- roster
 
 
@@ -123,6 +143,12 @@ async def load_roster(conn: asyncpg.Connection, path: str, rules: AttributionRul
                       tenant: str = "payer-demo", topic_prefix: str = "") -> BulkReport:
     """Reload the roster from ``path`` and recompute every member it names."""
     started = time.perf_counter()
+    with _cyclic_gc_paused():
+        return await _load_roster(conn, path, rules, as_of, tenant, topic_prefix, started)
+
+
+async def _load_roster(conn: asyncpg.Connection, path: str, rules: AttributionRules, as_of: date, tenant: str,
+                       topic_prefix: str, started: float) -> BulkReport:
     async with conn.transaction():
         await lock_out_live_writers(conn)
         # ``line`` numbers the rows in file order: when a member appears more than once, the last row wins.
@@ -214,6 +240,12 @@ async def backfill_claims(conn: asyncpg.Connection, path: str, rules: Attributio
                           tenant: str = "payer-demo", topic_prefix: str = "") -> BulkReport:
     """Apply a claims file (paid, denied, reversed, adjusted) and recompute the members it touches."""
     started = time.perf_counter()
+    with _cyclic_gc_paused():
+        return await _backfill_claims(conn, path, rules, as_of, tenant, topic_prefix, started)
+
+
+async def _backfill_claims(conn: asyncpg.Connection, path: str, rules: AttributionRules, as_of: date, tenant: str,
+                           topic_prefix: str, started: float) -> BulkReport:
     voided_in_file: dict[str, str] = {}
     for row in _read_claim_rows(path):  # first pass: what the file voids, wherever it sits in the file
         if row["status"] in ("reversed", "adjusted") and row["replaces_claim_id"]:
