@@ -158,9 +158,12 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--claim-members", type=int, default=200_000)
     parser.add_argument("--providers", type=int, default=5_000)
+    parser.add_argument("--no-reload", dest="reload", action="store_false",
+                        help="skip the unchanged reload of the same roster")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="attr-bench-") as workdir:
-        results = asyncio.run(bench(args.members, args.claim_members, args.providers, Path(workdir)))
+        results = asyncio.run(bench(args.members, args.claim_members, args.providers, Path(workdir),
+                                    reload=args.reload))
     print(json.dumps(results, indent=2))
 
 
