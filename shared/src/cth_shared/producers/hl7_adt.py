@@ -329,16 +329,21 @@ def raw_control_id(text: str) -> str | None:
     ``text`` starts with MSH and valid encoding characters (``parse_hl7``'s checks). None when
     absent, longer than 64 characters or not printable (an ACK must not echo arbitrary bytes)."""
     fields = text.split("\r", 1)[0].split(text[3])
-    value = fields[9].strip() if len(fields) > 9 else ""
-    return value if value and len(value) <= 64 and value.isprintable() else None
+    return _echoable_control_id(fields[9] if len(fields) > 9 else "")
 
 
 def header_control_id(message: hl7.Message) -> str | None:
     """MSH-10 of a parsed message (see :func:`raw_control_id`), None when unreadable."""
     try:
-        value = _text(message[0], 10).strip()
+        value = _text(message[0], 10)
     except Exception:  # an odd header: no id rather than an error on the way to an ACK
         return None
+    return _echoable_control_id(value)
+
+
+def _echoable_control_id(value: str) -> str | None:
+    """``value`` stripped, when an ACK may echo it: present, at most 64 characters, printable."""
+    value = value.strip()
     return value if value and len(value) <= 64 and value.isprintable() else None
 
 
