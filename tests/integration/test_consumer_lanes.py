@@ -128,3 +128,62 @@ async def deadlocks(pool: Any) -> int:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
         value: int = await conn.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
         return value
+
+
+async def test_the_after_batch_step_sees_the_committed_lanes_and_every_valid_event_even_on_redelivery(
+    isolated: Any, pool: Any
+) -> None:
+    async def on_member(uow: Any, event: Any) -> None:
+        await uow.conn.execute("INSERT INTO trail(member_id, event_id, saw_provider) VALUES ($1, $2, false)",
+                               event.subject, event.id)
+
+    calls: list[dict[str, Any]] = []
+    failures = ["transient once"]
+
+    async def after_batch(uow: Any, events: Any) -> None:
+        # Its own transaction, begun after every lane committed: it sees all their rows.
+        calls.append({"ids": sorted(e.id for e in events),
+                      "committed": await uow.conn.fetchval("SELECT count(*) FROM trail"),
+                      "txid": await uow.conn.fetchval("SELECT txid_current()")})
+        await uow.conn.execute("UPDATE counters SET n = n + 1 WHERE id = 'a'")
+        if failures:
+            failures.pop()
+            raise OSError("connection reset")  # transient: the step is retried, its write rolled back
+
+    processor = BatchProcessor(service="echo", pool=pool, tenant="t", topic_prefix=isolated.topic_prefix,
+                               handlers={"member.enrolled": on_member}, lanes=LANES, after_batch=after_batch)
+    topic = isolated.topic("enrollment")
+    members = [f"M{i:06d}" for i in range(12)]
+    records = [record(topic, i, m, enrolled(m, f"{m}-e")) for i, m in enumerate(members)]
+    records.append(record(topic, 12, "M000000", b"{not json"))  # dead-lettered: not a valid event
+    records.append(record(isolated.topic("provider-directory"), 0, "1234567893", provider("1234567893")))  # no handler
+    await processor.process(records)
+
+    expected = sorted(f"{m}-e" for m in members)
+    assert [c["ids"] for c in calls] == [expected, expected], "retried after a transient failure"
+    assert calls[-1]["committed"] == 12
+    assert calls[-1]["txid"] not in set(await pool.fetchval("SELECT array_agg(DISTINCT txid) FROM trail"))
+    assert await pool.fetchval("SELECT n FROM counters WHERE id = 'a'") == 1, "the failed attempt rolled back"
+
+    await processor.process(records)  # a redelivery: the lanes apply nothing, the step still runs
+    assert calls[-1]["ids"] == expected
+    assert await pool.fetchval("SELECT count(*) FROM trail") == 12
+    assert await pool.fetchval("SELECT n FROM counters WHERE id = 'a'") == 2
+
+
+async def test_a_failing_after_batch_step_does_not_block_the_partition(isolated: Any, pool: Any) -> None:
+    async def on_member(uow: Any, event: Any) -> None:
+        await uow.conn.execute("INSERT INTO trail(member_id, event_id, saw_provider) VALUES ($1, $2, false)",
+                               event.subject, event.id)
+
+    async def broken(uow: Any, events: Any) -> None:
+        await uow.conn.execute("UPDATE counters SET n = n + 1 WHERE id = 'b'")
+        raise KeyError("a bug")
+
+    processor = BatchProcessor(service="echo", pool=pool, tenant="t", topic_prefix=isolated.topic_prefix,
+                               handlers={"member.enrolled": on_member}, lanes=LANES, after_batch=broken)
+    topic = isolated.topic("enrollment")
+    await processor.process([record(topic, 0, "M1", enrolled("M1", "e1")), record(topic, 1, "M2", enrolled("M2", "e2"))])
+    assert await pool.fetchval("SELECT count(*) FROM trail") == 2, "the lanes' effects stay committed"
+    assert await pool.fetchval("SELECT n FROM counters WHERE id = 'b'") == 0, "the step's own writes rolled back"
+    assert processor.last_batch_at is not None, "the batch completed (its offsets will be committed)"

@@ -31,7 +31,7 @@ from opentelemetry import metrics
 from .broker import make_broker
 from .contracts import all_topic_specs, topic_name
 from .db import create_pool, run_migrations
-from .messaging.consumer import BatchProcessor, Handler, decode_raw_batch
+from .messaging.consumer import AfterBatch, BatchProcessor, Handler, decode_raw_batch
 from .messaging.outbox import OutboxRelay, UnitOfWork
 from .settings import ServiceSettings
 from .telemetry import Telemetry, setup_logging, setup_telemetry
@@ -84,6 +84,8 @@ class ServiceDefinition:
     api: ApiFactory | None = None
     background: Sequence[BackgroundJob] = ()
     on_start: Callable[[ServiceContext], Awaitable[None]] | None = None
+    #: Once per consumed batch, after its lanes committed (see ``BatchProcessor``).
+    after_batch: AfterBatch | None = None
 
 
 def _health_routes(app: FastAPI, ctx: ServiceContext, ready: asyncio.Event) -> None:
@@ -128,6 +130,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         after_commit=relay.wake,
         lanes=settings.consumer_lanes,
         serial_topics=frozenset(t.name for t in all_topic_specs(settings.topic_prefix) if t.key != "member_id"),
+        after_batch=definition.after_batch,
     )
     ctx = ServiceContext(
         name=definition.name,

@@ -73,7 +73,8 @@ async def test_a_discharge_consumed_after_a_later_event_on_another_topic_is_flag
 ) -> None:
     """Topics are not ordered with each other: when the event clock is already past a
     discharge's due date by the time the discharge is consumed, its open gap is overdue
-    in the same transaction, not only after some later event moves the clock again."""
+    once that batch is applied (the sweep after its lanes), not only after some later event
+    moves the clock again."""
     service = ServiceProcess(
         "care_gaps",
         isolated.service_env(HTTP_PORT=str(free_port()), OTEL_INSTRUMENT_ASYNCPG="false", CLOCK="event"),

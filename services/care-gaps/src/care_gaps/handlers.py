@@ -11,7 +11,7 @@ emits nothing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
@@ -118,10 +118,11 @@ class CareGapsUseCases:
 
     def _with_event_clock(self, handler: Handler) -> Handler:
         async def handle(uow: UnitOfWork, event: CloudEvent[Any]) -> None:
-            queued = len(uow.rows)
             await handler(uow, event)
-            opened = any(row.headers.get("ce_type") == "care_gap.opened" for row in uow.rows[queued:])
-            await self.tick_event_clock(uow, event, opened_gaps=opened)
+            # The clock moves once per lane transaction (one statement, atomic with the events'
+            # effects); an event whose handler rejects it is rolled back with its savepoint and
+            # does not move the clock.
+            uow.defer("event-clock", event, self._advance_event_clocks)
 
         handle.__name__ = getattr(handler, "__name__", "handle")
         return handle
@@ -323,22 +324,44 @@ class CareGapsUseCases:
             await self._refresh_owner(uow, change.member_id)
 
     # ----------------------------------------------------------------------- overdue clock
-    async def tick_event_clock(self, uow: UnitOfWork, event: CloudEvent[Any], *, opened_gaps: bool = False) -> None:
-        """Advance the tenant's event clock with this event's time and flag what it made overdue.
-
-        Topics are not ordered with each other: a discharge can be consumed after a later
-        event from another topic has already moved the clock past its gaps' due dates. Gaps
-        this event opened are then flagged against the clock as it stands."""
+    async def _advance_event_clocks(self, uow: UnitOfWork, events: list[CloudEvent[Any]]) -> None:
+        """Move each tenant's event clock to the latest time among ``events`` (capped at wall time
+        plus the allowed skew) and record whether the last of them was live traffic."""
         now = self._now()
-        live = is_live(event.time, now, self.clock.replay_lag)
-        candidate = advance_event_clock(None, event.time, now, self.clock.max_future_skew)
-        advanced_to = await store.advance_clock(uow.conn, event.tenant, candidate, live)
+        latest: dict[str, datetime] = {}
+        last: dict[str, CloudEvent[Any]] = {}
+        for event in events:
+            candidate = advance_event_clock(latest.get(event.tenant), event.time, now, self.clock.max_future_skew)
+            latest[event.tenant] = candidate
+            last[event.tenant] = event
+        for tenant in sorted(latest):  # one order for every lane: no lock-order deadlock
+            await store.advance_clock(uow.conn, tenant, latest[tenant],
+                                      is_live(last[tenant].time, now, self.clock.replay_lag))
+
+    async def after_batch(self, uow: UnitOfWork, events: Sequence[CloudEvent[Any]]) -> None:
+        """After a batch's lanes committed: flag what each tenant's event clock made overdue.
+
+        Topics are not ordered with each other, and lanes commit independently: a discharge can
+        be applied after a later event has already moved the clock past its gaps' due dates. So
+        the sweep runs once per batch against the clock as it stands, outside the lanes (it
+        touches every member's gaps, which the lanes lock), and catches the gaps this batch
+        opened as well as those its events made overdue. Redelivered events count too: the
+        sweep is idempotent, and a crash after the lanes' commits must not lose it."""
         if not event_clock_applies(self.clock.mode):
             return
-        if advanced_to is None and opened_gaps:
-            advanced_to = await store.event_clock(uow.conn, event.tenant)
-        if advanced_to is not None:
-            await self.sweep(uow, event.tenant, advanced_to, f"event-clock-{event.id}"[:64])
+        latest: dict[str, CloudEvent[Any]] = {}
+        for event in events:
+            if event.tenant not in latest or event.time >= latest[event.tenant].time:
+                latest[event.tenant] = event
+        for tenant, source in sorted(latest.items()):
+            clock = await store.event_clock(uow.conn, tenant)
+            if clock is None:
+                continue
+            uow.tenant, uow.cause = tenant, source  # produced events: the tenant's, caused by the latest event
+            try:
+                await self.sweep(uow, tenant, clock, f"event-clock-{source.id}"[:64])
+            finally:
+                uow.cause = None
 
     async def sweep(self, uow: UnitOfWork, tenant: str, clock: datetime, clock_source_id: str) -> int:
         """Flag open gaps whose due date passed at ``clock`` as overdue (once each) and close

@@ -31,6 +31,7 @@ def build(settings: CareGapsSettings) -> ServiceDefinition:
         migrations_package="care_gaps",
         topics=TOPICS,
         handlers=use_cases.mapping(),
+        after_batch=use_cases.after_batch,
         api=lambda ctx: create_api(lambda: ctx.pool, config),
         background=background,
     )

@@ -25,10 +25,6 @@ def _codes(values: frozenset[str]) -> str:
 class CareGapsSettings(ServiceSettings):
     """Measure configuration (defaults: HEDIS TRC/FUH/FMC/PCR, CMS TCM) and overdue clocks."""
 
-    consumer_lanes: int = Field(
-        1, ge=1, le=32, description="One lane: every event moves the tenant's event clock (one row) and its "
-        "overdue sweep reads every member's gaps, so concurrent lanes would only wait on each other or deadlock",
-    )
     measures_version: str = Field(_DEFAULTS.version, max_length=32)
     trc_engagement_days: int = Field(_DEFAULTS.trc_engagement_days, ge=1, le=365)
     trc_medication_reconciliation_days: int = Field(_DEFAULTS.trc_medication_reconciliation_days, ge=0, le=365)

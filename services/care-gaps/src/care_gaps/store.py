@@ -267,22 +267,15 @@ async def member_evidence(conn: asyncpg.Connection, member_id: str, start: date,
 
 
 # --------------------------------------------------------------------------- event clock
-async def advance_clock(conn: asyncpg.Connection, tenant: str, clock_time: datetime, live: bool) -> datetime | None:
-    """Move the tenant's event clock forward (and record live/replay); the new time if it advanced."""
-    row = await conn.fetchrow(
-        "WITH previous AS (SELECT clock_time FROM event_clocks WHERE tenant = $1)"
-        " INSERT INTO event_clocks AS c(tenant, clock_time, live) VALUES ($1, $2, $3)"
+async def advance_clock(conn: asyncpg.Connection, tenant: str, clock_time: datetime, live: bool) -> None:
+    """Move the tenant's event clock forward (never back) and record live/replay."""
+    await conn.execute(
+        "INSERT INTO event_clocks AS c(tenant, clock_time, live) VALUES ($1, $2, $3)"
         " ON CONFLICT (tenant) DO UPDATE SET clock_time = greatest(c.clock_time, excluded.clock_time),"
         " live = excluded.live, updated_at = now()"
-        " WHERE c.clock_time < excluded.clock_time OR c.live <> excluded.live"
-        " RETURNING c.clock_time, (SELECT clock_time FROM previous) AS previous_time",
+        " WHERE c.clock_time < excluded.clock_time OR c.live <> excluded.live",
         tenant, clock_time, live,
     )
-    if row is None:
-        return None
-    if row["previous_time"] is not None and row["clock_time"] <= row["previous_time"]:
-        return None
-    return row["clock_time"]
 
 
 async def event_clock(conn: asyncpg.Connection, tenant: str) -> datetime | None:

@@ -19,6 +19,12 @@ directory) are applied first, alone, so every lane sees them committed. A lane t
 hits a deadlock or serialization failure retries alone; its events were not applied,
 and the inbox makes the retry harmless. Offsets commit only when every lane has.
 
+After the lanes (``after_batch``, optional): one more transaction sees every valid event of
+the batch, including ones the inbox had already applied (a redelivery after a crash between the
+lanes' commits and this step), for work that belongs to the batch rather than to one member,
+e.g. care-gaps' overdue sweep. It must be idempotent; a transient failure retries it (the
+partition waits), any other failure is logged by type and the batch is acknowledged anyway.
+
 Transient failures (database or network down) retry the whole batch with
 exponential backoff, holding the partition rather than skipping it: nothing is
 lost and nothing is applied twice. Invalid input never blocks a partition.
@@ -49,6 +55,8 @@ _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("cth_shared.consumer")
 
 Handler = Callable[[UnitOfWork, CloudEvent[Any]], Awaitable[None]]
+#: Runs once per batch after its lanes committed, with the batch's valid events (see module doc).
+AfterBatch = Callable[[UnitOfWork, Sequence[CloudEvent[Any]]], Awaitable[None]]
 _Parsed = tuple[ConsumerRecord, "CloudEvent[Any] | ContractError"]
 
 
@@ -86,6 +94,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
+def _until_not_transient() -> AsyncRetrying:
+    """Retries while the failure is transient, with exponential backoff (the partition waits)."""
+    return AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_exponential_jitter(initial=0.1, max=10),
+        stop=stop_never,
+        reraise=True,
+    )
+
+
 @dataclass(frozen=True)
 class Route:
     """Which handler serves which event type."""
@@ -108,6 +126,7 @@ class BatchProcessor:
         after_commit: Callable[[], None] | None = None,
         lanes: int = 1,
         serial_topics: frozenset[str] = frozenset(),
+        after_batch: AfterBatch | None = None,
     ) -> None:
         if lanes < 1:
             raise ValueError("lanes must be >= 1")
@@ -120,11 +139,13 @@ class BatchProcessor:
         self._after_commit = after_commit
         self._lanes = lanes
         self._serial_topics = serial_topics
+        self.after_batch = after_batch
         self._dlq_topic = topic_name(dlq_topic(service), topic_prefix)
         meter = metrics.get_meter("cth_shared.consumer")
         self._events = meter.create_counter("events.consumed", unit="{event}")
         self._dead = meter.create_counter("events.dead_lettered", unit="{event}")
         self._latency = meter.create_histogram("handler.batch.duration", unit="ms")
+        self._after_batch_failures = meter.create_counter("after_batch.failures", unit="{batch}")
         self.last_batch_at: float | None = None
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
@@ -162,6 +183,8 @@ class BatchProcessor:
             failed = [o for o in outcomes if isinstance(o, BaseException)]
             if failed:
                 raise failed[0]  # the batch is not acknowledged; committed lanes dedupe on redelivery
+        if self.after_batch is not None:
+            await self._run_after_batch([item for _, item in parsed if isinstance(item, CloudEvent)])
         self._latency.record((time.perf_counter() - started) * 1000, {"service": self.service})
         self.last_batch_at = time.time()
         if self._after_commit:
@@ -182,14 +205,33 @@ class BatchProcessor:
             lanes[zlib.crc32(key) % self._lanes if key else 0].append(item)
         return serial, [lane for lane in lanes if lane]
 
+    async def _run_after_batch(self, events: list[CloudEvent[Any]]) -> None:
+        """The batch-level step in its own transaction; transient failures retry (the partition
+        waits), a bug is logged and counted without blocking the partition (the step is idempotent
+        and runs again with the next batch)."""
+        assert self.after_batch is not None
+        events = [event for event in events if event.type in self._handlers]
+        if not events:
+            return
+        try:
+            async for attempt in _until_not_transient():
+                with attempt:
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        uow = UnitOfWork(conn=conn, source=f"urn:cth:{self.service}", tenant=self._tenant,
+                                         topic_prefix=self._prefix)
+                        await self.after_batch(uow, events)
+                        await uow.flush()
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            self._after_batch_failures.add(1, {"service": self.service, "error": type(exc).__name__})
+            # The type only: exception messages can quote event values (PHI).
+            _log.error("after-batch step failed; it runs again with the next batch",
+                       extra={"service": self.service, "reason": type(exc).__name__})
+
     async def _apply_with_retry(self, parsed: list[_Parsed]) -> None:
         """Apply records in one transaction, retrying transient failures (the partition waits)."""
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=0.1, max=10),
-            stop=stop_never,
-            reraise=True,
-        ):
+        async for attempt in _until_not_transient():
             with attempt:
                 try:
                     # Optimistic pass: the whole batch in one transaction without a savepoint per

@@ -1,0 +1,94 @@
+"""care-gaps' batch in concurrent lanes against the real PostgreSQL: each lane moves the tenant's
+event clock once, and the overdue sweep runs once per batch after the lanes committed, so a gap
+opened in one lane is flagged against a clock that another lane of the same batch moved, once,
+and a redelivered batch flags nothing twice."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord
+from care_gaps.domain.measures import MeasureConfig
+from care_gaps.handlers import CareGapsUseCases, ClockPolicy
+from cth_shared.contracts import EXAMPLES, new_event, registered_types
+from cth_shared.db import create_pool, run_migrations
+from cth_shared.messaging.consumer import BatchProcessor
+
+pytestmark = pytest.mark.integration
+
+LANES = 4
+WALL = datetime(2026, 11, 1, tzinfo=UTC)  # every event below is history: the event clock applies
+
+
+def members_in_distinct_lanes(count: int) -> list[str]:
+    chosen: dict[int, str] = {}
+    for i in range(1000):
+        member = f"M-LANE-{i}"
+        chosen.setdefault(zlib.crc32(member.encode()) % LANES, member)
+        if len(chosen) == count:
+            return list(chosen.values())
+    raise AssertionError("not enough lanes")
+
+
+def record(topic: str, offset: int, member: str, kind: str, event_id: str, time: str, **data: Any) -> ConsumerRecord:
+    model = registered_types()[kind].model.model_validate({**EXAMPLES[kind], "member_id": member, **data})
+    value = new_event(model, subject=member, source="urn:test", tenant="payer-test", event_id=event_id,
+                      time=datetime.fromisoformat(time)).to_json_bytes()
+    return ConsumerRecord(topic=topic, partition=0, offset=offset, timestamp=0, timestamp_type=0,
+                          key=member.encode(), value=value, checksum=None, serialized_key_size=len(member),
+                          serialized_value_size=len(value), headers=[])
+
+
+@pytest.fixture
+async def pool(isolated: Any) -> Any:
+    pool = await create_pool(isolated.database_url, schema="care_gaps_lanes", application_name="care-gaps-lanes",
+                             max_size=LANES + 2)
+    await run_migrations(pool, "care_gaps_lanes", "care_gaps")
+    yield pool
+    await pool.close()
+
+
+async def test_a_gap_opened_in_one_lane_is_flagged_overdue_by_a_clock_another_lane_moved_in_the_same_batch(
+    isolated: Any, pool: Any
+) -> None:
+    discharged, seen_later = members_in_distinct_lanes(2)
+    use_cases = CareGapsUseCases(MeasureConfig(), ClockPolicy(mode="event"), wall_clock=lambda: WALL)
+    processor = BatchProcessor(service="care-gaps", pool=pool, tenant="payer-test",
+                               topic_prefix=isolated.topic_prefix, handlers=use_cases.mapping(), lanes=LANES,
+                               after_batch=use_cases.after_batch)
+    batch = [
+        # The discharge's 2-business-day interactive contact is due 2026-03-27 ...
+        record(isolated.topic("encounters"), 0, discharged, "encounter.discharged", "a03", "2026-03-25T11:00:00-05:00",
+               encounter_id="SEG-LANES", admitted_at="2026-03-20T08:00:00-05:00",
+               discharged_at="2026-03-25T11:00:00-05:00", disposition="01"),
+        # ... and another member's visit in another lane of the same batch moves the clock to 03-31.
+        record(isolated.topic("virtual-visits"), 0, seen_later, "virtual_visit.completed", "vv-later",
+               "2026-03-31T09:00:00-05:00", visit_id="VV-LANES", procedure_codes=["99499"],
+               started_at="2026-03-31T09:00:00-05:00", ended_at="2026-03-31T09:10:00-05:00",
+               medication_reconciliation=False, interactive_contact=False),
+    ]
+    await processor.process(batch)
+
+    assert await pool.fetchval("SELECT clock_time FROM event_clocks WHERE tenant = 'payer-test'") == datetime(
+        2026, 3, 31, 14, 0, tzinfo=UTC)
+    overdue = await pool.fetch("SELECT measure, overdue_detected_at FROM gaps WHERE status = 'overdue'")
+    assert [(r["measure"], r["overdue_detected_at"]) for r in overdue] == [
+        ("tcm_interactive_contact", datetime(2026, 3, 31, 14, 0, tzinfo=UTC))]
+    assert await pool.fetchval("SELECT count(*) FROM gaps WHERE status = 'open'") == 4
+    assert await outbox_types(pool) == {"care_gap.opened": 5, "care_gap.overdue": 1}
+    overdue_event = json.loads(await pool.fetchval(
+        "SELECT convert_from(payload, 'UTF8') FROM outbox WHERE headers->>'ce_type' = 'care_gap.overdue'"))
+    assert overdue_event["causationid"] == "vv-later", "caused by the batch's latest event"
+    assert overdue_event["tenant"] == "payer-test"
+
+    await processor.process(batch)  # redelivery: the lanes apply nothing, the sweep finds nothing new
+    assert await outbox_types(pool) == {"care_gap.opened": 5, "care_gap.overdue": 1}
+
+
+async def outbox_types(pool: Any) -> dict[str, int]:
+    rows = await pool.fetch("SELECT headers->>'ce_type' AS type, count(*) FROM outbox GROUP BY 1")
+    return {r["type"]: r["count"] for r in rows}
