@@ -183,7 +183,8 @@ async def test_a_failing_after_batch_step_does_not_block_the_partition(isolated:
     processor = BatchProcessor(service="echo", pool=pool, tenant="t", topic_prefix=isolated.topic_prefix,
                                handlers={"member.enrolled": on_member}, lanes=LANES, after_batch=broken)
     topic = isolated.topic("enrollment")
-    await processor.process([record(topic, 0, "M1", enrolled("M1", "e1")), record(topic, 1, "M2", enrolled("M2", "e2"))])
+    await processor.process([record(topic, 0, "M1", enrolled("M1", "e1")),
+                             record(topic, 1, "M2", enrolled("M2", "e2"))])
     assert await pool.fetchval("SELECT count(*) FROM trail") == 2, "the lanes' effects stay committed"
     assert await pool.fetchval("SELECT n FROM counters WHERE id = 'b'") == 0, "the step's own writes rolled back"
     assert processor.last_batch_at is not None, "the batch completed (its offsets will be committed)"
