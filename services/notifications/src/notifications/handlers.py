@@ -246,19 +246,19 @@ class AlertHandlers:
             return
         organizations = sorted({o["organization_id"] for o in originals})
         subscriptions = await _subscriptions(uow, organizations)
+        retractions = []
         for original in originals:
             content = dict(_json(original["content"]), cancelled_at=cancelled_at.isoformat(), retraction=True)
             recipient = Recipient(original["recipient_id"], original["recipient_role"], original["organization_id"])
-            kind = Kind(original["kind"])
-            await self._insert(
-                uow, event,
-                PlannedAlert(recipient, kind, original["priority"], retraction=True),
+            retractions.append(self._new_alert(
+                PlannedAlert(recipient, Kind(original["kind"]), original["priority"], retraction=True),
                 member_id=original["member_id"], subject_key=original["subject_key"],
                 encounter_id=original["encounter_id"], patient_class=original["patient_class"],
-                event_time=cancelled_at, due_date=None, content=content,
-                subscriptions=subscriptions, retracts_id=original["notification_id"],
-            )
-            await store.mark_retracted(uow.conn, original["notification_id"], cancelled_at)
+                event_time=cancelled_at, due_date=None, content=content, source_event_id=event.id,
+                retracts_id=original["notification_id"],
+            ))
+        await self._store(uow, None, retractions, subscriptions)
+        await store.mark_retracted(uow.conn, [o["notification_id"] for o in originals], cancelled_at)
 
     # ------------------------------------------------------------------- gaps and referrals
     async def on_care_gap(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
@@ -305,8 +305,8 @@ class AlertHandlers:
         parties: EventParties, due_date: date | None = None, source_event_id: str | None = None,
     ) -> None:
         source_event_id = source_event_id or event.id
-        await store.record_alert_fact(
-            uow.conn, subject_key=subject_key, kind=kind.value, member_id=member_id, event_time=event_time,
+        fact = store.AlertFact(
+            subject_key=subject_key, kind=kind.value, member_id=member_id, event_time=event_time,
             encounter_id=encounter_id, patient_class=patient_class, due_date=due_date, facts=facts,
             parties=dataclasses.asdict(parties), source_event_id=source_event_id,
         )
@@ -316,47 +316,57 @@ class AlertHandlers:
             subscriptions = await _subscriptions(uow, organizations)
             planned = plan_alerts(self.rules, kind, patient_class, care_team, parties, subscriptions,
                                   self.payer_organization_id)
+        alerts = []
         for alert in planned:
             all_facts = dict(facts, kind=kind.value, priority=alert.priority, event_time=event_time)
-            content = _jsonable(content_for(alert.recipient.role, all_facts))
-            await self._insert(uow, event, alert, member_id=member_id, subject_key=subject_key,
-                               encounter_id=encounter_id, patient_class=patient_class, event_time=event_time,
-                               due_date=due_date, content=content, subscriptions=subscriptions,
-                               source_event_id=source_event_id)
+            alerts.append(self._new_alert(
+                alert, member_id=member_id, subject_key=subject_key, encounter_id=encounter_id,
+                patient_class=patient_class, event_time=event_time, due_date=due_date,
+                content=_jsonable(content_for(alert.recipient.role, all_facts)), source_event_id=source_event_id,
+            ))
+        await self._store(uow, fact, alerts, subscriptions)
 
-    async def _insert(
-        self, uow: UnitOfWork, event: CloudEvent[Any], alert: PlannedAlert, *, member_id: str, subject_key: str,
-        encounter_id: str | None, patient_class: str | None, event_time: datetime, due_date: date | None,
-        content: dict[str, Any], subscriptions: Sequence[Any], retracts_id: str | None = None,
-        source_event_id: str | None = None,
-    ) -> None:
-        source_event_id = source_event_id or event.id
+    def _new_alert(
+        self, alert: PlannedAlert, *, member_id: str, subject_key: str, encounter_id: str | None,
+        patient_class: str | None, event_time: datetime, due_date: date | None, content: dict[str, Any],
+        source_event_id: str, retracts_id: str | None = None,
+    ) -> tuple[PlannedAlert, store.NewNotification]:
         recipient = alert.recipient
-        notification_id = notification_id_for(recipient.organization_id, recipient.recipient_id, subject_key,
-                                              alert.kind.value, alert.retraction)
-        inserted = await store.insert_notification(uow.conn, store.NewNotification(
-            notification_id=notification_id, organization_id=recipient.organization_id,
-            recipient_id=recipient.recipient_id, recipient_role=recipient.role, member_id=member_id,
-            kind=alert.kind.value, priority=alert.priority, retraction=alert.retraction, retracts_id=retracts_id,
-            subject_key=subject_key, encounter_id=encounter_id, patient_class=patient_class, event_time=event_time,
-            due_date=due_date, content=content, source_event_id=source_event_id, rules_version=self.rules.version,
-        ))
-        if not inserted:
-            return  # this recipient already has this alert: a resend, a replay or a second instance of the fact
-        targets = delivery_subscriptions(recipient, alert.kind, patient_class, subscriptions)
-        await store.queue_deliveries(uow.conn, notification_id, recipient.organization_id, member_id,
-                                     [t.subscription_id for t in targets])
-        uow.defer(_NEW_ALERTS, _NewAlert(
-            notification_id=notification_id, organization_id=recipient.organization_id,
-            recipient_id=recipient.recipient_id, member_id=member_id, event_time=event_time,
-            created={
-                "notification_id": notification_id, "member_id": member_id, "recipient_id": recipient.recipient_id,
-                "recipient_role": _contract_role(recipient.role), "organization_id": recipient.organization_id,
-                "kind": NotificationKind(alert.kind.value), "priority": alert.priority,
-                "encounter_id": encounter_id, "retraction": alert.retraction, "source_event_id": source_event_id,
-            },
-            cause=uow.cause, context=otel_context.get_current(),
-        ), _finish_new_alerts)
+        return alert, store.NewNotification(
+            notification_id=notification_id_for(recipient.organization_id, recipient.recipient_id, subject_key,
+                                                alert.kind.value, alert.retraction),
+            organization_id=recipient.organization_id, recipient_id=recipient.recipient_id,
+            recipient_role=recipient.role, member_id=member_id, kind=alert.kind.value, priority=alert.priority,
+            retraction=alert.retraction, retracts_id=retracts_id, subject_key=subject_key, encounter_id=encounter_id,
+            patient_class=patient_class, event_time=event_time, due_date=due_date, content=content,
+            source_event_id=source_event_id, rules_version=self.rules.version,
+        )
+
+    async def _store(
+        self, uow: UnitOfWork, fact: store.AlertFact | None,
+        alerts: Sequence[tuple[PlannedAlert, store.NewNotification]], subscriptions: Sequence[Any],
+    ) -> None:
+        """The fact, the alerts and their push deliveries in one round trip; each alert inserted now (not
+        one this recipient already had: a resend, a replay or a second instance of the fact) waits for
+        its sequence number and its ``notification.created`` (:func:`_finish_new_alerts`)."""
+        targets = [[t.subscription_id for t in delivery_subscriptions(
+            alert.recipient, alert.kind, n.patient_class, subscriptions)] for alert, n in alerts]
+        inserted = await store.insert_alerts(uow.conn, fact, [n for _, n in alerts], targets)
+        for _, n in alerts:
+            if n.notification_id not in inserted:
+                continue
+            uow.defer(_NEW_ALERTS, _NewAlert(
+                notification_id=n.notification_id, organization_id=n.organization_id,
+                recipient_id=n.recipient_id, member_id=n.member_id, event_time=n.event_time,
+                created={
+                    "notification_id": n.notification_id, "member_id": n.member_id,
+                    "recipient_id": n.recipient_id, "recipient_role": _contract_role(n.recipient_role),
+                    "organization_id": n.organization_id, "kind": NotificationKind(n.kind),
+                    "priority": n.priority, "encounter_id": n.encounter_id, "retraction": n.retraction,
+                    "source_event_id": n.source_event_id,
+                },
+                cause=uow.cause, context=otel_context.get_current(),
+            ), _finish_new_alerts)
 
 
 def _check_subject(event: CloudEvent[Any], member_id: str) -> None:

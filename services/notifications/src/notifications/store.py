@@ -58,19 +58,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-async def record_alert_fact(
-    conn: asyncpg.Connection, *, subject_key: str, kind: str, member_id: str, event_time: datetime,
-    encounter_id: str | None, patient_class: str | None, due_date: date | None, facts: dict[str, Any],
-    parties: dict[str, Any], source_event_id: str,
-) -> None:
-    """Keep what an alert is raised from (first fact per subject and kind wins, like the alerts)."""
-    await conn.execute(
-        "INSERT INTO alert_facts(subject_key, kind, member_id, event_time, encounter_id, patient_class, due_date,"
-        " facts, parties, source_event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)"
-        " ON CONFLICT (subject_key, kind) DO NOTHING",
-        subject_key, kind, member_id, event_time, encounter_id, patient_class, due_date,
-        json.dumps(facts, default=_json_default), json.dumps(parties, default=_json_default), source_event_id,
-    )
+@dataclass(frozen=True)
+class AlertFact:
+    """What an alert is raised from, kept so a care team learned later can still be alerted."""
+
+    subject_key: str
+    kind: str
+    member_id: str
+    event_time: datetime
+    encounter_id: str | None
+    patient_class: str | None
+    due_date: date | None
+    facts: dict[str, Any]
+    parties: dict[str, Any]
+    source_event_id: str
 
 
 async def alert_facts_since(conn: asyncpg.Connection, member_id: str, since: date, limit: int) -> list[asyncpg.Record]:
@@ -177,20 +178,65 @@ class NewNotification:
     rules_version: str
 
 
-async def insert_notification(conn: asyncpg.Connection, n: NewNotification) -> bool:
-    """Insert an alert (its sequence number comes later, see :func:`assign_sequences`); False if
-    it already exists, so a duplicate never consumes a number and sequences stay gapless."""
+_INSERT_ALERTS = (
+    # The fact (first per subject and kind wins, like the alerts), the alerts (a duplicate is skipped, so it
+    # never consumes a sequence number: numbers come later, see assign_sequences) and one pending delivery
+    # per push subscription of each alert actually inserted (endpoint copied: later edits don't reroute
+    # history; deliveries in the alerts' order, as delivery ids order a member's deliveries): one round trip.
+    "WITH fact AS ("
+    " INSERT INTO alert_facts(subject_key, kind, member_id, event_time, encounter_id, patient_class, due_date,"
+    " facts, parties, source_event_id)"
+    " SELECT $1::text, $2::text, $3::text, $4::timestamptz, $5::text, $6::text, $7::date, $8::jsonb, $9::jsonb,"
+    " $10::text WHERE $1::text IS NOT NULL"
+    " ON CONFLICT (subject_key, kind) DO NOTHING),"
+    " alerts AS ("
+    " INSERT INTO notifications(notification_id, organization_id, recipient_id, recipient_role, member_id, kind,"
+    " priority, retraction, retracts_id, subject_key, encounter_id, patient_class, event_time, due_date, content,"
+    " source_event_id, rules_version)"
+    " SELECT * FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],"
+    " $17::text[], $18::boolean[], $19::text[], $20::text[], $21::text[], $22::text[], $23::timestamptz[],"
+    " $24::date[], $25::jsonb[], $26::text[], $27::text[])"
+    " ON CONFLICT DO NOTHING RETURNING notification_id, organization_id, member_id),"
+    " queued AS ("
+    " INSERT INTO deliveries(notification_id, subscription_id, organization_id, member_id, channel, endpoint_url,"
+    " traceparent)"
+    " SELECT a.notification_id, s.subscription_id, a.organization_id, a.member_id, s.channel, s.endpoint_url, $30"
+    " FROM unnest($28::text[], $29::text[]) WITH ORDINALITY AS w(notification_id, subscription_id, ord)"
+    " JOIN alerts a ON a.notification_id = w.notification_id"
+    " JOIN subscriptions s ON s.subscription_id = w.subscription_id"
+    " ORDER BY w.ord ON CONFLICT DO NOTHING)"
+    " SELECT coalesce(array_agg(notification_id), '{}') FROM alerts"
+)
+
+
+async def insert_alerts(
+    conn: asyncpg.Connection, fact: AlertFact | None, alerts: Sequence[NewNotification],
+    subscription_ids: Sequence[Sequence[str]],
+) -> set[str]:
+    """Record ``fact`` (if any), insert ``alerts`` and queue each new alert's push deliveries to
+    ``subscription_ids`` (one list per alert) in one statement; returns the ids actually inserted."""
+    if fact is None and not alerts:
+        return set()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)  # the delivery attempt continues the trace of the event being handled
+    f = fact
+    pairs = [(a.notification_id, sub) for a, subs in zip(alerts, subscription_ids, strict=True) for sub in subs]
     inserted = await conn.fetchval(
-        "INSERT INTO notifications(notification_id, organization_id, recipient_id, recipient_role, member_id, kind,"
-        " priority, retraction, retracts_id, subject_key, encounter_id, patient_class, event_time, due_date, content,"
-        " source_event_id, rules_version)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15::jsonb,$16,$17)"
-        " ON CONFLICT DO NOTHING RETURNING notification_id",
-        n.notification_id, n.organization_id, n.recipient_id, n.recipient_role, n.member_id, n.kind, n.priority,
-        n.retraction, n.retracts_id, n.subject_key, n.encounter_id, n.patient_class, n.event_time, n.due_date,
-        json.dumps(n.content, default=str), n.source_event_id, n.rules_version,
+        _INSERT_ALERTS,
+        f.subject_key if f else None, f.kind if f else None, f.member_id if f else None,
+        f.event_time if f else None, f.encounter_id if f else None, f.patient_class if f else None,
+        f.due_date if f else None, json.dumps(f.facts, default=_json_default) if f else None,
+        json.dumps(f.parties, default=_json_default) if f else None, f.source_event_id if f else None,
+        [a.notification_id for a in alerts], [a.organization_id for a in alerts], [a.recipient_id for a in alerts],
+        [a.recipient_role for a in alerts], [a.member_id for a in alerts], [a.kind for a in alerts],
+        [a.priority for a in alerts], [a.retraction for a in alerts], [a.retracts_id for a in alerts],
+        [a.subject_key for a in alerts], [a.encounter_id for a in alerts], [a.patient_class for a in alerts],
+        [a.event_time for a in alerts], [a.due_date for a in alerts],
+        [json.dumps(a.content, default=str) for a in alerts], [a.source_event_id for a in alerts],
+        [a.rules_version for a in alerts],
+        [p[0] for p in pairs], [p[1] for p in pairs], carrier.get("traceparent"),
     )
-    return inserted is not None
+    return set(inserted)
 
 
 async def assign_sequences(conn: asyncpg.Connection, notification_ids: Sequence[str]) -> dict[str, int]:
@@ -251,26 +297,9 @@ async def cancel_covering(conn: asyncpg.Connection, encounter_id: str, cancels: 
     return value
 
 
-async def mark_retracted(conn: asyncpg.Connection, notification_id: str, retracted_at: datetime) -> None:
-    await conn.execute("UPDATE notifications SET retracted_at = $2 WHERE notification_id = $1", notification_id,
-                       retracted_at)
-
-
-async def queue_deliveries(
-    conn: asyncpg.Connection, notification_id: str, organization_id: str, member_id: str,
-    subscription_ids: Sequence[str],
-) -> None:
-    """One pending delivery per push subscription (endpoint copied: later edits don't reroute history)."""
-    if not subscription_ids:
-        return
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)  # the delivery attempt continues the trace of the event being handled
-    await conn.execute(
-        "INSERT INTO deliveries(notification_id, subscription_id, organization_id, member_id, channel, endpoint_url,"
-        " traceparent) SELECT $1, s.subscription_id, $2, $3, s.channel, s.endpoint_url, $5 FROM subscriptions s"
-        " WHERE s.subscription_id = ANY($4::text[]) ON CONFLICT DO NOTHING",
-        notification_id, organization_id, member_id, list(subscription_ids), carrier.get("traceparent"),
-    )
+async def mark_retracted(conn: asyncpg.Connection, notification_ids: Sequence[str], retracted_at: datetime) -> None:
+    await conn.execute("UPDATE notifications SET retracted_at = $2 WHERE notification_id = ANY($1::text[])",
+                       list(notification_ids), retracted_at)
 
 
 async def announce_many(conn: asyncpg.Connection, event: str, alerts: Sequence[tuple[str, str, str]]) -> None:
