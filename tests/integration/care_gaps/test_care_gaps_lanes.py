@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 from care_gaps.domain.measures import MeasureConfig
+from care_gaps.domain.priority import gap_priority
 from care_gaps.handlers import CareGapsUseCases, ClockPolicy
 from cth_shared.contracts import EXAMPLES, new_event, registered_types
 from cth_shared.db import create_pool, run_migrations
@@ -61,6 +62,8 @@ async def test_a_gap_opened_in_one_lane_is_flagged_overdue_by_a_clock_another_la
                                topic_prefix=isolated.topic_prefix, handlers=use_cases.mapping(), lanes=LANES,
                                after_batch=use_cases.after_batch)
     batch = [
+        # Enrolled (risk 72.5, born 1950), then discharged: the opened gaps carry the member's priority.
+        record(isolated.topic("enrollment"), 0, discharged, "member.enrolled", "enrolled", "2026-03-01T09:00:00-05:00"),
         # The discharge's 2-business-day interactive contact is due 2026-03-27 ...
         record(isolated.topic("encounters"), 0, discharged, "encounter.discharged", "a03", "2026-03-25T11:00:00-05:00",
                encounter_id="SEG-LANES", admitted_at="2026-03-20T08:00:00-05:00",
@@ -80,6 +83,14 @@ async def test_a_gap_opened_in_one_lane_is_flagged_overdue_by_a_clock_another_la
         ("tcm_interactive_contact", datetime(2026, 3, 31, 14, 0, tzinfo=UTC))]
     assert await pool.fetchval("SELECT count(*) FROM gaps WHERE status = 'open'") == 4
     assert await outbox_types(pool) == {"care_gap.opened": 5, "care_gap.overdue": 1}
+    opened = [json.loads(r["p"]) for r in await pool.fetch(
+        "SELECT convert_from(payload, 'UTF8') AS p FROM outbox WHERE headers->>'ce_type' = 'care_gap.opened'")]
+    # 72.5 risk, 65 or older on the discharge date, five open gaps (the readmission watch is not counted: four)
+    expected_priority = gap_priority(72.5, True, 4, MeasureConfig())
+    assert expected_priority > 0
+    assert {e["data"]["priority"] for e in opened} == {expected_priority}
+    assert set(await pool.fetchval("SELECT array_agg(DISTINCT priority) FROM gaps WHERE status IN ('open', 'overdue')"
+                                   )) == {expected_priority}
     overdue_event = json.loads(await pool.fetchval(
         "SELECT convert_from(payload, 'UTF8') FROM outbox WHERE headers->>'ce_type' = 'care_gap.overdue'"))
     assert overdue_event["causationid"] == "vv-later", "caused by the batch's latest event"

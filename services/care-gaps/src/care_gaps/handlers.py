@@ -402,7 +402,7 @@ class CareGapsUseCases:
         existing = await store.gaps_of_encounter(uow.conn, facts.encounter_id)
         owner: Owner = gap_owner(_care_team(member))
         offset = _offset_of(facts.discharged_at)
-        to_announce: list[str] = []
+        to_open: list[store.NewGap] = []
         planned: set[str] = set()
         for window in windows:
             planned.add(window.measure.value)
@@ -414,35 +414,41 @@ class CareGapsUseCases:
                 continue  # closed stays closed; an identical resend changes nothing
             if row is not None and row["status"] == "not_applicable" and row["not_applicable_reason"] == "readmitted":
                 continue  # a later readmission retired it; HEDIS counts the later discharge
-            gid = gap_id(facts.encounter_id, window.measure)
-            await store.open_gap(uow.conn, store.NewGap(
-                gap_id=gid, tenant=event.tenant, member_id=member_id, encounter_id=facts.encounter_id,
-                measure=window.measure.value, measure_version=self.config.version,
+            to_open.append(store.NewGap(
+                gap_id=gap_id(facts.encounter_id, window.measure), tenant=event.tenant, member_id=member_id,
+                encounter_id=facts.encounter_id, measure=window.measure.value, measure_version=self.config.version,
                 discharged_at=facts.discharged_at, window_start=window.window_start, due_date=window.due_date,
                 overdue_at=overdue_at(window.due_date, offset), owner_role=owner.role, owner_id=owner.id,
                 opened_event_id=event.id,
             ))
-            to_announce.append(gid)
+        await store.open_gaps(uow.conn, to_open)
+        to_announce = [gap.gap_id for gap in to_open]
         stale = [row["gap_id"] for measure, row in existing.items()
                  if measure not in planned and row["status"] in store.ACTIVE]
         if stale:
             await self._retract(uow, event, stale, retract_reason)
         if to_announce:
-            await self._close_with_evidence(uow, event, member_id, only=set(to_announce), announce_first=to_announce)
+            await self._close_with_evidence(uow, event, member_id, only=set(to_announce), announce_first=to_announce,
+                                            member=member)
         return to_announce
 
     async def _close_with_evidence(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str,
-                                   only: set[str] | None = None, announce_first: list[str] | None = None) -> None:
-        """Close active gaps of the member that stored evidence satisfies (earliest evidence wins)."""
-        gaps = [g for g in await store.active_gaps_of_member(uow.conn, member_id)
+                                   only: set[str] | None = None, announce_first: list[str] | None = None,
+                                   member: asyncpg.Record | None = None) -> None:
+        """Close active gaps of the member that stored evidence satisfies (earliest evidence wins).
+        ``announce_first``: gaps just opened, announced with the member's refreshed priority (read
+        with ``member``, the member's row as the caller read it in this transaction)."""
+        active = await store.active_gaps_of_member(uow.conn, member_id)
+        gaps = [g for g in active
                 if g["measure"] != GapMeasure.READMISSION_WATCH.value and (only is None or g["gap_id"] in only)]
         announced = False
         if announce_first:
-            await self._refresh_priority(uow, member_id, event.time.date())
-            rows = {g["gap_id"]: g for g in await store.active_gaps_of_member(uow.conn, member_id)}
+            # The refresh sets this priority on every active gap: these rows, with it, are what it leaves.
+            priority = await self._refresh_priority(uow, member_id, event.time.date(), member=member, active=active)
+            rows = {g["gap_id"]: g for g in active}
             for gid in announce_first:
                 if gid in rows:
-                    self._publish_opened_row(uow, event, rows[gid])
+                    self._publish_opened_row(uow, event, rows[gid], priority)
             announced = True
         if not gaps:
             return
@@ -522,9 +528,15 @@ class CareGapsUseCases:
         owner = gap_owner(_care_team(await store.get_member(uow.conn, member_id)))
         await store.set_member_owner(uow.conn, member_id, owner.role, owner.id)
 
-    async def _refresh_priority(self, uow: UnitOfWork, member_id: str, as_of: date) -> float:
-        member = await store.get_member(uow.conn, member_id)
-        active = await store.active_gaps_of_member(uow.conn, member_id)
+    async def _refresh_priority(self, uow: UnitOfWork, member_id: str, as_of: date, *,
+                                member: asyncpg.Record | None = None,
+                                active: list[asyncpg.Record] | None = None) -> float:
+        """Rank the member's active gaps; ``member`` and ``active`` spare the reads when the caller
+        just made them in this transaction (and changed neither since)."""
+        if member is None:
+            member = await store.get_member(uow.conn, member_id)
+        if active is None:
+            active = await store.active_gaps_of_member(uow.conn, member_id)
         open_count = sum(1 for g in active if g["measure"] != GapMeasure.READMISSION_WATCH.value)
         turns_65_on = member["turns_65_on"] if member else None
         priority = gap_priority(
@@ -535,12 +547,13 @@ class CareGapsUseCases:
         await store.set_member_priority(uow.conn, member_id, priority)
         return priority
 
-    def _publish_opened_row(self, uow: UnitOfWork, event: CloudEvent[Any], row: asyncpg.Record) -> None:
+    def _publish_opened_row(self, uow: UnitOfWork, event: CloudEvent[Any], row: asyncpg.Record,
+                            priority: float) -> None:
         uow.publish(CareGapOpened(
             gap_id=row["gap_id"], member_id=row["member_id"], measure=GapMeasure(row["measure"]),
             encounter_id=row["encounter_id"], discharged_at=row["discharged_at"],
             window_start=row["window_start"], due_date=row["due_date"],
-            owner=_owner_model(row["owner_role"], row["owner_id"]), priority=row["priority"],
+            owner=_owner_model(row["owner_role"], row["owner_id"]), priority=priority,
             measure_version=row["measure_version"],
         ), subject=row["member_id"], time=event.time)
 

@@ -141,9 +141,12 @@ async def gaps_of_encounter(conn: asyncpg.Connection, encounter_id: str) -> dict
     return {row["measure"]: row for row in rows}
 
 
-async def open_gap(conn: asyncpg.Connection, gap: NewGap) -> None:
-    """Insert a gap as open, or reopen/re-window an existing one (A08 update, a new discharge after a cancel)."""
-    await conn.execute(
+async def open_gaps(conn: asyncpg.Connection, gaps: Sequence[NewGap]) -> None:
+    """Insert gaps as open, or reopen/re-window existing ones (A08 update, a new discharge after a cancel);
+    one round trip (asyncpg pipelines ``executemany``)."""
+    if not gaps:
+        return
+    await conn.executemany(
         "INSERT INTO gaps(gap_id, tenant, member_id, encounter_id, measure, measure_version, discharged_at,"
         " window_start, due_date, overdue_at, status, owner_role, owner_id, opened_event_id)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'open', $11, $12, $13)"
@@ -153,9 +156,9 @@ async def open_gap(conn: asyncpg.Connection, gap: NewGap) -> None:
         " owner_role = excluded.owner_role, owner_id = excluded.owner_id,"
         " opened_event_id = excluded.opened_event_id, closed_at = NULL, closing_event_id = NULL,"
         " closing_rule = NULL, overdue_detected_at = NULL, not_applicable_reason = NULL, updated_at = now()",
-        gap.gap_id, gap.tenant, gap.member_id, gap.encounter_id, gap.measure, gap.measure_version,
-        gap.discharged_at, gap.window_start, gap.due_date, gap.overdue_at, gap.owner_role, gap.owner_id,
-        gap.opened_event_id,
+        [(gap.gap_id, gap.tenant, gap.member_id, gap.encounter_id, gap.measure, gap.measure_version,
+          gap.discharged_at, gap.window_start, gap.due_date, gap.overdue_at, gap.owner_role, gap.owner_id,
+          gap.opened_event_id) for gap in gaps],
     )
 
 
