@@ -14,6 +14,7 @@ from aiokafka import ConsumerRecord
 from cth_shared.contracts import EXAMPLES, MemberEnrolled, ProviderUpserted, new_event
 from cth_shared.db import create_pool, run_migrations
 from cth_shared.messaging.consumer import BatchProcessor
+from cth_shared.testing import keys_in_distinct_lanes
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +36,6 @@ def provider(npi: str) -> bytes:
     data = ProviderUpserted.model_validate(dict(EXAMPLES["provider.upserted"], npi=npi))
     return new_event(data, subject=npi, source="urn:test", tenant="t", event_id=f"prov-{npi}").to_json_bytes()
 
-
-def members_in_distinct_lanes(count: int) -> list[str]:
-    chosen: dict[int, str] = {}
-    for i in range(1000):
-        member = f"M{i:06d}"
-        chosen.setdefault(zlib.crc32(member.encode()) % LANES, member)
-        if len(chosen) == count:
-            return list(chosen.values())
-    raise AssertionError("not enough lanes")
 
 
 @pytest.fixture
@@ -95,7 +87,7 @@ async def test_lanes_keep_each_members_order_apply_serial_topics_first_and_apply
 
 
 async def test_a_lane_that_deadlocks_is_retried_alone_and_nothing_is_applied_twice(isolated: Any, pool: Any) -> None:
-    first, second = members_in_distinct_lanes(2)
+    first, second = keys_in_distinct_lanes(2, LANES)
     order = {first: ("a", "b"), second: ("b", "a")}  # opposite lock order: a deadlock
 
     async def on_member(uow: Any, event: Any) -> None:

@@ -6,7 +6,6 @@ and a redelivered batch flags nothing twice."""
 from __future__ import annotations
 
 import json
-import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,21 +17,13 @@ from care_gaps.handlers import CareGapsUseCases, ClockPolicy
 from cth_shared.contracts import EXAMPLES, new_event, registered_types
 from cth_shared.db import create_pool, run_migrations
 from cth_shared.messaging.consumer import BatchProcessor
+from cth_shared.testing import keys_in_distinct_lanes
 
 pytestmark = pytest.mark.integration
 
 LANES = 4
 WALL = datetime(2026, 11, 1, tzinfo=UTC)  # every event below is history: the event clock applies
 
-
-def members_in_distinct_lanes(count: int) -> list[str]:
-    chosen: dict[int, str] = {}
-    for i in range(1000):
-        member = f"M-LANE-{i}"
-        chosen.setdefault(zlib.crc32(member.encode()) % LANES, member)
-        if len(chosen) == count:
-            return list(chosen.values())
-    raise AssertionError("not enough lanes")
 
 
 def record(topic: str, offset: int, member: str, kind: str, event_id: str, time: str, **data: Any) -> ConsumerRecord:
@@ -56,7 +47,7 @@ async def pool(isolated: Any) -> Any:
 async def test_a_gap_opened_in_one_lane_is_flagged_overdue_by_a_clock_another_lane_moved_in_the_same_batch(
     isolated: Any, pool: Any
 ) -> None:
-    discharged, seen_later = members_in_distinct_lanes(2)
+    discharged, seen_later = keys_in_distinct_lanes(2, LANES, prefix="M-LANE-")
     use_cases = CareGapsUseCases(MeasureConfig(), ClockPolicy(mode="event"), wall_clock=lambda: WALL)
     processor = BatchProcessor(service="care-gaps", pool=pool, tenant="payer-test",
                                topic_prefix=isolated.topic_prefix, handlers=use_cases.mapping(), lanes=LANES,

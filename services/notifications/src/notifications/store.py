@@ -219,14 +219,15 @@ async def insert_alerts(
         return set()
     carrier: dict[str, str] = {}
     propagate.inject(carrier)  # the delivery attempt continues the trace of the event being handled
-    f = fact
+    fact_values = (None,) * 10 if fact is None else (
+        fact.subject_key, fact.kind, fact.member_id, fact.event_time, fact.encounter_id, fact.patient_class,
+        fact.due_date, json.dumps(fact.facts, default=_json_default), json.dumps(fact.parties, default=_json_default),
+        fact.source_event_id,
+    )
     pairs = [(a.notification_id, sub) for a, subs in zip(alerts, subscription_ids, strict=True) for sub in subs]
     inserted = await conn.fetchval(
         _INSERT_ALERTS,
-        f.subject_key if f else None, f.kind if f else None, f.member_id if f else None,
-        f.event_time if f else None, f.encounter_id if f else None, f.patient_class if f else None,
-        f.due_date if f else None, json.dumps(f.facts, default=_json_default) if f else None,
-        json.dumps(f.parties, default=_json_default) if f else None, f.source_event_id if f else None,
+        *fact_values,
         [a.notification_id for a in alerts], [a.organization_id for a in alerts], [a.recipient_id for a in alerts],
         [a.recipient_role for a in alerts], [a.member_id for a in alerts], [a.kind for a in alerts],
         [a.priority for a in alerts], [a.retraction for a in alerts], [a.retracts_id for a in alerts],

@@ -94,6 +94,11 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
+def lane_of(key: bytes | None, lanes: int) -> int:
+    """The lane a record's key goes to (a member's records, from every topic, share one); unkeyed: lane 0."""
+    return zlib.crc32(key) % lanes if key else 0
+
+
 def _until_not_transient() -> AsyncRetrying:
     """Retries while the failure is transient, with exponential backoff (the partition waits)."""
     return AsyncRetrying(
@@ -202,8 +207,11 @@ class BatchProcessor:
         lanes: list[list[_Parsed]] = [[] for _ in range(self._lanes)]
         for item in rest:
             key = item[0].key
-            lanes[zlib.crc32(key) % self._lanes if key else 0].append(item)
+            lanes[lane_of(key, self._lanes)].append(item)
         return serial, [lane for lane in lanes if lane]
+
+    def _unit_of_work(self, conn: asyncpg.Connection) -> UnitOfWork:
+        return UnitOfWork(conn=conn, source=f"urn:cth:{self.service}", tenant=self._tenant, topic_prefix=self._prefix)
 
     async def _run_after_batch(self, events: list[CloudEvent[Any]]) -> None:
         """The batch-level step in its own transaction; transient failures retry (the partition
@@ -217,13 +225,10 @@ class BatchProcessor:
             async for attempt in _until_not_transient():
                 with attempt:
                     async with self._pool.acquire() as conn, conn.transaction():
-                        uow = UnitOfWork(conn=conn, source=f"urn:cth:{self.service}", tenant=self._tenant,
-                                         topic_prefix=self._prefix)
+                        uow = self._unit_of_work(conn)
                         await self.after_batch(uow, events)
                         await uow.flush()
-        except Exception as exc:
-            if is_transient(exc):
-                raise
+        except Exception as exc:  # not transient: those are retried until they pass
             self._after_batch_failures.add(1, {"service": self.service, "error": type(exc).__name__})
             # The type only: exception messages can quote event values (PHI).
             _log.error("after-batch step failed; it runs again with the next batch",
@@ -258,9 +263,7 @@ class BatchProcessor:
                     [rec.topic for rec, _ in parsed],
                 )
             )
-            uow = UnitOfWork(
-                conn=conn, source=f"urn:cth:{self.service}", tenant=self._tenant, topic_prefix=self._prefix
-            )
+            uow = self._unit_of_work(conn)
             consumed = 0
             for (record, item), key in zip(parsed, keys, strict=True):
                 if key not in fresh:

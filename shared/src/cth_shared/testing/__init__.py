@@ -4,6 +4,7 @@ Fixtures (``infra``, ``isolated``) are registered with
 ``pytest_plugins = ["cth_shared.testing.infra"]`` in the root ``tests/conftest.py``.
 """
 
+from cth_shared.messaging.consumer import lane_of
 from cth_shared.testing.infra import (
     Infra,
     InfraKind,
@@ -14,6 +15,18 @@ from cth_shared.testing.infra import (
     start_infra,
 )
 
+
+def keys_in_distinct_lanes(count: int, lanes: int, prefix: str = "M") -> list[str]:
+    """``count`` member keys that ``BatchProcessor`` puts in ``count`` different lanes (of ``lanes``)."""
+    chosen: dict[int, str] = {}
+    for i in range(1000):
+        key = f"{prefix}{i:06d}"
+        chosen.setdefault(lane_of(key.encode(), lanes), key)
+        if len(chosen) == count:
+            return list(chosen.values())
+    raise ValueError(f"no {count} distinct lanes among {lanes}")
+
+
 __all__ = [
     "Infra",
     "InfraKind",
@@ -21,5 +34,6 @@ __all__ = [
     "ServiceProcess",
     "free_port",
     "isolated_env",
+    "keys_in_distinct_lanes",
     "start_infra",
 ]
