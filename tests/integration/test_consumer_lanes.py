@@ -180,3 +180,36 @@ async def test_a_failing_after_batch_step_does_not_block_the_partition(isolated:
     assert await pool.fetchval("SELECT count(*) FROM trail") == 2, "the lanes' effects stay committed"
     assert await pool.fetchval("SELECT n FROM counters WHERE id = 'b'") == 0, "the step's own writes rolled back"
     assert processor.last_batch_at is not None, "the batch completed (its offsets will be committed)"
+
+
+async def test_deferred_writes_go_once_per_lane_and_a_write_refused_for_one_events_data_dead_letters_only_it(
+    isolated: Any, pool: Any
+) -> None:
+    await pool.execute("CREATE TABLE deferred_rows(member_id text PRIMARY KEY, value int NOT NULL CHECK (value >= 0))")
+    statements: list[int] = []
+
+    async def write_rows(uow: Any, items: list[tuple[str, int]]) -> None:
+        statements.append(len(items))
+        await uow.conn.execute("INSERT INTO deferred_rows SELECT * FROM unnest($1::text[], $2::int[])",
+                               [m for m, _ in items], [v for _, v in items])
+
+    async def on_member(uow: Any, event: Any) -> None:
+        value = -1 if event.subject.endswith("BAD") else len(event.subject)  # the database refuses -1
+        uow.defer("rows", (event.subject, value), write_rows, per_event_when_isolated=True)
+
+    topic = isolated.topic("enrollment")
+    processor = BatchProcessor(service="echo", pool=pool, tenant="t", topic_prefix=isolated.topic_prefix,
+                               handlers={"member.enrolled": on_member}, lanes=1)
+    good = [f"M{i:06d}" for i in range(8)]
+    await processor.process([record(topic, i, m, enrolled(m, f"{m}-1")) for i, m in enumerate(good)])
+    assert statements == [8]  # one statement for the lane's eight events
+
+    statements.clear()
+    more = [f"N{i:06d}" for i in range(4)] + ["N-BAD"] + [f"P{i:06d}" for i in range(3)]
+    await processor.process([record(topic, 100 + i, m, enrolled(m, f"{m}-1")) for i, m in enumerate(more)])
+    # the lane's one statement failed; the isolated pass wrote event by event and parked the bad one
+    assert statements == [8] + [1] * 8
+    stored = {r["member_id"] for r in await pool.fetch("SELECT member_id FROM deferred_rows")}
+    assert stored == set(good) | set(more) - {"N-BAD"}
+    dead = await pool.fetch("SELECT key, reason, detail FROM dead_letters")
+    assert [(r["key"], r["reason"], r["detail"]) for r in dead] == [(b"N-BAD", "handler_error", "CheckViolationError")]

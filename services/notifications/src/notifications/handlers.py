@@ -1,13 +1,15 @@
-"""Use cases: each runs once per consumed event inside the batch transaction (a savepoint each).
+"""Use cases: each runs once per consumed event inside the batch transaction (a batch lane).
 
 The flow for every alerting event: resolve the care team in force at the EVENT's time
 (not processing time), decide kind + recipients with the versioned rules
-(``domain.rules``), cut the content to each recipient's role (``domain.content``), insert
-one alert per (recipient, subject, kind), queue its push deliveries; then, once per batch
-(``UnitOfWork.defer``), give the batch's new alerts their recipients' next sequence numbers
-in one statement (counters locked in a fixed order, so concurrent lanes never deadlock),
-publish ``notification.created`` and NOTIFY the live inbox streams.
-"""
+(``domain.rules``), cut the content to each recipient's role (``domain.content``), and queue
+the fact, one alert per (recipient, subject, kind) and its push deliveries. The lane writes
+what it queued in one statement (``UnitOfWork.defer``), at its end or before a read that must
+see it (late care teams, cancels); then, once per lane, it gives the new alerts their
+recipients' next sequence numbers in one statement (counters locked in a fixed order, so
+concurrent lanes never deadlock), publishes ``notification.created`` and NOTIFYs the live
+inbox streams. The care teams and cancels of the lane's members and encounters are read
+once, for all of them, on the first need."""
 
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ from .domain.rules import (
 _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("notifications")
 
+_ALERTS = "notifications.alerts"
 _NEW_ALERTS = "notifications.new_alerts"
 
 
@@ -85,23 +88,57 @@ async def _subscriptions(uow: UnitOfWork, organizations: Sequence[str]) -> list[
     return list(found)
 
 
-async def _care_team_at(uow: UnitOfWork, member_id: str, on: date) -> list[CareTeamEntry]:
-    """The member's care team in force on ``on``, read once per transaction (a batch lane) and date.
+_CARE_TEAMS = "care_team_histories"
+_CANCELS = "encounter_cancels"
 
-    A member's events share a lane, so the gap events one discharge causes (four or five, in one
-    batch) and the alerts of one event read it once. Only :func:`_record_care_team` writes the
-    history in this service; it drops the member's cached teams."""
-    teams = uow.memo.setdefault(("care_team", member_id), {})
-    found = teams.get(on)
-    if found is None:
-        found = teams[on] = await store.care_team_at(uow.conn, member_id, on)
-    return list(found)
+
+async def _care_team_at(uow: UnitOfWork, member_id: str, on: date) -> list[CareTeamEntry]:
+    """The member's care team in force on ``on``.
+
+    The first call in a transaction (a batch lane) reads the care-team histories of every member of
+    the lane's events in one statement; later calls find them in the memo. Only
+    :func:`_record_care_team` writes the history in this service; it drops the member's entry, so
+    the next call reads that member again."""
+    histories = uow.memo.get(_CARE_TEAMS)
+    if histories is None or member_id not in histories:
+        members = {member_id}
+        if histories is None:
+            members |= {event.subject for event in uow.events if event.subject}
+        histories = uow.memo.setdefault(_CARE_TEAMS, {})
+        found = await store.care_team_histories(uow.conn, sorted(members))
+        histories.update({member: found.get(member, []) for member in members})
+    return store.care_team_in_force(histories[member_id], on)
 
 
 async def _record_care_team(uow: UnitOfWork, member_id: str, effective_from: date, method: str,
                             care_team: list[dict[str, Any]], source_event_id: str) -> None:
-    uow.memo.pop(("care_team", member_id), None)
+    uow.memo.get(_CARE_TEAMS, {}).pop(member_id, None)
     await store.record_care_team(uow.conn, member_id, effective_from, method, care_team, source_event_id)
+
+
+async def _cancel_covering(uow: UnitOfWork, encounter_id: str, cancels: str, at: datetime) -> datetime | None:
+    """When a known cancel covers the encounter's admit/discharge at ``at``: its time, else None.
+
+    Read like the care teams: on the first need, the cancels of every encounter of the lane's
+    events at once; :func:`_remember_cancel` keeps the memo current."""
+    known = uow.memo.get(_CANCELS)
+    if known is None or encounter_id not in known:
+        encounters = {encounter_id}
+        if known is None:
+            encounters |= {e.data.encounter_id for e in uow.events
+                           if e.type.startswith("encounter.") and e.data.encounter_id}
+        known = uow.memo.setdefault(_CANCELS, {})
+        found = await store.cancels_of(uow.conn, sorted(encounters))
+        known.update({encounter: found.get(encounter, {}) for encounter in encounters})
+    cancelled_at = known[encounter_id].get(cancels)
+    return cancelled_at if cancelled_at is not None and cancelled_at >= at else None
+
+
+async def _remember_cancel(uow: UnitOfWork, encounter_id: str, cancels: str, cancelled_at: datetime) -> None:
+    await store.remember_cancel(uow.conn, encounter_id, cancels, cancelled_at)
+    known = uow.memo.get(_CANCELS, {}).get(encounter_id)
+    if known is not None:
+        known[cancels] = max(known.get(cancels, cancelled_at), cancelled_at)
 
 
 async def _finish_new_alerts(uow: UnitOfWork, alerts: list[_NewAlert]) -> None:
@@ -160,6 +197,7 @@ class AlertHandlers:
                                 event.id)
         # Events handled before this team was known (the attribution topic may lag the others): the
         # team in force at their time gets its alerts now; recipients already alerted are skipped.
+        await uow.run_deferred((_ALERTS,))  # this lane's facts so far, too
         for fact in await store.alert_facts_since(uow.conn, changed.member_id, changed.effective_date,
                                                   LATE_TEAM_FACTS_MAX):
             parties = json.loads(fact["parties"])
@@ -221,7 +259,7 @@ class AlertHandlers:
         cancels = next((c for c, kinds in RETRACTED_BY_CANCEL.items() if kind in kinds), None)
         if cancels is not None:
             # The cancel of this admit/discharge may have arrived first: retract right away.
-            cancelled_at = await store.cancel_covering(uow.conn, data.encounter_id, cancels, event_time)
+            cancelled_at = await _cancel_covering(uow, data.encounter_id, cancels, event_time)
             if cancelled_at is not None:
                 await self._retract(uow, event, data.member_id, data.encounter_id, cancels, cancelled_at)
 
@@ -232,12 +270,13 @@ class AlertHandlers:
         retracted as soon as they are raised (see :meth:`on_encounter`)."""
         cancelled: EncounterCancelled = event.data
         _check_subject(event, cancelled.member_id)
-        await store.remember_cancel(uow.conn, cancelled.encounter_id, cancelled.cancels, cancelled.cancelled_at)
+        await _remember_cancel(uow, cancelled.encounter_id, cancelled.cancels, cancelled.cancelled_at)
         await self._retract(uow, event, cancelled.member_id, cancelled.encounter_id, cancelled.cancels,
                             cancelled.cancelled_at)
 
     async def _retract(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str, encounter_id: str,
                        cancels: str, cancelled_at: datetime) -> None:
+        await uow.run_deferred((_ALERTS,))  # the alerts this lane raised so far are retracted too
         await store.forget_alert_facts(uow.conn, encounter_id, sorted(k.value for k in RETRACTED_BY_CANCEL[cancels]))
         if cancels == "discharge":
             await store.forget_discharge(uow.conn, member_id, encounter_id)
@@ -346,15 +385,35 @@ class AlertHandlers:
         self, uow: UnitOfWork, fact: store.AlertFact | None,
         alerts: Sequence[tuple[PlannedAlert, store.NewNotification]], subscriptions: Sequence[Any],
     ) -> None:
-        """The fact, the alerts and their push deliveries in one round trip; each alert inserted now (not
-        one this recipient already had: a resend, a replay or a second instance of the fact) waits for
-        its sequence number and its ``notification.created`` (:func:`_finish_new_alerts`)."""
+        """Queue the fact, the alerts and their push deliveries for the lane's one insert
+        (:func:`_insert_alerts`, at the transaction's end or before a read that needs them)."""
         targets = [[t.subscription_id for t in delivery_subscriptions(
             alert.recipient, alert.kind, n.patient_class, subscriptions)] for alert, n in alerts]
-        inserted = await store.insert_alerts(uow.conn, fact, [n for _, n in alerts], targets)
-        for _, n in alerts:
+        uow.defer(_ALERTS, _QueuedAlerts(
+            store.AlertsToInsert(fact, [n for _, n in alerts], targets, store.current_traceparent()),
+            cause=uow.cause, context=otel_context.get_current(),
+        ), _insert_alerts, per_event_when_isolated=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _QueuedAlerts:
+    """One fact's alerts waiting for the lane's insert, with the event and span that raised them."""
+
+    rows: store.AlertsToInsert
+    cause: CloudEvent[Any] | None
+    context: otel_context.Context
+
+
+async def _insert_alerts(uow: UnitOfWork, queued: list[_QueuedAlerts]) -> None:
+    """The queued facts, alerts and deliveries in one statement; each alert inserted now (not one this
+    recipient already had: a resend, a replay or a second instance of the fact) waits for its sequence
+    number and its ``notification.created`` (:func:`_finish_new_alerts`)."""
+    inserted = await store.insert_alerts(uow.conn, [q.rows for q in queued])
+    for q in queued:
+        for n in q.rows.alerts:
             if n.notification_id not in inserted:
                 continue
+            inserted.discard(n.notification_id)  # a later copy of it in this lane was skipped
             uow.defer(_NEW_ALERTS, _NewAlert(
                 notification_id=n.notification_id, organization_id=n.organization_id,
                 recipient_id=n.recipient_id, member_id=n.member_id, event_time=n.event_time,
@@ -365,7 +424,7 @@ class AlertHandlers:
                     "priority": n.priority, "encounter_id": n.encounter_id, "retraction": n.retraction,
                     "source_event_id": n.source_event_id,
                 },
-                cause=uow.cause, context=otel_context.get_current(),
+                cause=q.cause, context=q.context,
             ), _finish_new_alerts)
 
 

@@ -39,16 +39,34 @@ async def record_care_team(
     )
 
 
-async def care_team_at(conn: asyncpg.Connection, member_id: str, on: date) -> list[CareTeamEntry]:
-    """The care team in force on ``on`` (the event's date), empty when none was known then."""
-    raw = await conn.fetchval(
-        "SELECT care_team FROM care_team_history WHERE member_id = $1 AND effective_from <= $2"
-        " AND (effective_to IS NULL OR effective_to > $2) ORDER BY effective_from DESC LIMIT 1",
-        member_id, on,
+@dataclass(frozen=True)
+class CareTeamSnapshot:
+    """One row of a member's care-team history: ``team`` from ``effective_from`` until ``effective_to``."""
+
+    effective_from: date
+    effective_to: date | None
+    team: tuple[CareTeamEntry, ...]
+
+
+async def care_team_histories(conn: asyncpg.Connection, member_ids: Sequence[str]) -> dict[str, list[CareTeamSnapshot]]:
+    """The care-team histories of ``member_ids`` in one read (members without one are absent)."""
+    rows = await conn.fetch(
+        "SELECT member_id, effective_from, effective_to, care_team FROM care_team_history"
+        " WHERE member_id = ANY($1::text[])",
+        list(member_ids),
     )
-    if raw is None:
-        return []
-    return [CareTeamEntry(m["role"], m["id"], m.get("tin")) for m in json.loads(raw)]
+    found: dict[str, list[CareTeamSnapshot]] = {}
+    for row in rows:
+        team = tuple(CareTeamEntry(m["role"], m["id"], m.get("tin")) for m in json.loads(row["care_team"]))
+        found.setdefault(row["member_id"], []).append(
+            CareTeamSnapshot(row["effective_from"], row["effective_to"], team))
+    return found
+
+
+def care_team_in_force(history: Sequence[CareTeamSnapshot], on: date) -> list[CareTeamEntry]:
+    """The care team in force on ``on`` (the event's date), empty when none was known then."""
+    current = [s for s in history if s.effective_from <= on and (s.effective_to is None or s.effective_to > on)]
+    return list(max(current, key=lambda s: s.effective_from).team) if current else []
 
 
 # --------------------------------------------------------------------------- alert facts
@@ -179,15 +197,15 @@ class NewNotification:
 
 
 _INSERT_ALERTS = (
-    # The fact (first per subject and kind wins, like the alerts), the alerts (a duplicate is skipped, so it
+    # The facts (first per subject and kind wins, like the alerts), the alerts (a duplicate is skipped, so it
     # never consumes a sequence number: numbers come later, see assign_sequences) and one pending delivery
     # per push subscription of each alert actually inserted (endpoint copied: later edits don't reroute
     # history; deliveries in the alerts' order, as delivery ids order a member's deliveries): one round trip.
     "WITH fact AS ("
     " INSERT INTO alert_facts(subject_key, kind, member_id, event_time, encounter_id, patient_class, due_date,"
     " facts, parties, source_event_id)"
-    " SELECT $1::text, $2::text, $3::text, $4::timestamptz, $5::text, $6::text, $7::date, $8::jsonb, $9::jsonb,"
-    " $10::text WHERE $1::text IS NOT NULL"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],"
+    " $7::date[], $8::jsonb[], $9::jsonb[], $10::text[])"
     " ON CONFLICT (subject_key, kind) DO NOTHING),"
     " alerts AS ("
     " INSERT INTO notifications(notification_id, organization_id, recipient_id, recipient_role, member_id, kind,"
@@ -200,8 +218,10 @@ _INSERT_ALERTS = (
     " queued AS ("
     " INSERT INTO deliveries(notification_id, subscription_id, organization_id, member_id, channel, endpoint_url,"
     " traceparent)"
-    " SELECT a.notification_id, s.subscription_id, a.organization_id, a.member_id, s.channel, s.endpoint_url, $30"
-    " FROM unnest($28::text[], $29::text[]) WITH ORDINALITY AS w(notification_id, subscription_id, ord)"
+    " SELECT a.notification_id, s.subscription_id, a.organization_id, a.member_id, s.channel, s.endpoint_url,"
+    " w.traceparent"
+    " FROM unnest($28::text[], $29::text[], $30::text[]) WITH ORDINALITY AS w(notification_id, subscription_id,"
+    " traceparent, ord)"
     " JOIN alerts a ON a.notification_id = w.notification_id"
     " JOIN subscriptions s ON s.subscription_id = w.subscription_id"
     " ORDER BY w.ord ON CONFLICT DO NOTHING)"
@@ -209,33 +229,56 @@ _INSERT_ALERTS = (
 )
 
 
-async def insert_alerts(
-    conn: asyncpg.Connection, fact: AlertFact | None, alerts: Sequence[NewNotification],
-    subscription_ids: Sequence[Sequence[str]],
-) -> set[str]:
-    """Record ``fact`` (if any), insert ``alerts`` and queue each new alert's push deliveries to
-    ``subscription_ids`` (one list per alert) in one statement; returns the ids actually inserted."""
-    if fact is None and not alerts:
-        return set()
+@dataclass(frozen=True)
+class AlertsToInsert:
+    """What one alerting fact inserts: the fact (None for retractions), its alerts, each alert's push
+    subscriptions, and the trace context its deliveries continue (the handler's span)."""
+
+    fact: AlertFact | None
+    alerts: Sequence[NewNotification]
+    subscription_ids: Sequence[Sequence[str]]
+    traceparent: str | None
+
+
+def current_traceparent() -> str | None:
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)  # the delivery attempt continues the trace of the event being handled
-    fact_values = (None,) * 10 if fact is None else (
-        fact.subject_key, fact.kind, fact.member_id, fact.event_time, fact.encounter_id, fact.patient_class,
-        fact.due_date, json.dumps(fact.facts, default=_json_default), json.dumps(fact.parties, default=_json_default),
-        fact.source_event_id,
-    )
-    pairs = [(a.notification_id, sub) for a, subs in zip(alerts, subscription_ids, strict=True) for sub in subs]
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+async def insert_alerts(conn: asyncpg.Connection, batch: Sequence[AlertsToInsert]) -> set[str]:
+    """Record the facts, insert the alerts and queue each new alert's push deliveries, for many facts
+    in one statement, with the outcome of inserting them one by one in order (the first of a fact or
+    an alert wins; a later duplicate queues nothing); returns the alert ids actually inserted."""
+    facts: dict[tuple[str, str], AlertFact] = {}
+    alerts: dict[str, NewNotification] = {}
+    pairs: list[tuple[str, str, str | None]] = []
+    for entry in batch:
+        if entry.fact is not None:
+            facts.setdefault((entry.fact.subject_key, entry.fact.kind), entry.fact)
+        for alert, subs in zip(entry.alerts, entry.subscription_ids, strict=True):
+            if alert.notification_id in alerts:
+                continue
+            alerts[alert.notification_id] = alert
+            pairs.extend((alert.notification_id, sub, entry.traceparent) for sub in subs)
+    if not facts and not alerts:
+        return set()
+    f = list(facts.values())
+    a = list(alerts.values())
     inserted = await conn.fetchval(
         _INSERT_ALERTS,
-        *fact_values,
-        [a.notification_id for a in alerts], [a.organization_id for a in alerts], [a.recipient_id for a in alerts],
-        [a.recipient_role for a in alerts], [a.member_id for a in alerts], [a.kind for a in alerts],
-        [a.priority for a in alerts], [a.retraction for a in alerts], [a.retracts_id for a in alerts],
-        [a.subject_key for a in alerts], [a.encounter_id for a in alerts], [a.patient_class for a in alerts],
-        [a.event_time for a in alerts], [a.due_date for a in alerts],
-        [json.dumps(a.content, default=str) for a in alerts], [a.source_event_id for a in alerts],
-        [a.rules_version for a in alerts],
-        [p[0] for p in pairs], [p[1] for p in pairs], carrier.get("traceparent"),
+        [x.subject_key for x in f], [x.kind for x in f], [x.member_id for x in f], [x.event_time for x in f],
+        [x.encounter_id for x in f], [x.patient_class for x in f], [x.due_date for x in f],
+        [json.dumps(x.facts, default=_json_default) for x in f],
+        [json.dumps(x.parties, default=_json_default) for x in f], [x.source_event_id for x in f],
+        [x.notification_id for x in a], [x.organization_id for x in a], [x.recipient_id for x in a],
+        [x.recipient_role for x in a], [x.member_id for x in a], [x.kind for x in a],
+        [x.priority for x in a], [x.retraction for x in a], [x.retracts_id for x in a],
+        [x.subject_key for x in a], [x.encounter_id for x in a], [x.patient_class for x in a],
+        [x.event_time for x in a], [x.due_date for x in a],
+        [json.dumps(x.content, default=str) for x in a], [x.source_event_id for x in a],
+        [x.rules_version for x in a],
+        [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs],
     )
     return set(inserted)
 
@@ -288,14 +331,16 @@ async def remember_cancel(conn: asyncpg.Connection, encounter_id: str, cancels: 
     )
 
 
-async def cancel_covering(conn: asyncpg.Connection, encounter_id: str, cancels: str, at: datetime
-                          ) -> datetime | None:
-    """When a known cancel covers the encounter's admit/discharge at ``at``: its time, else None."""
-    value: datetime | None = await conn.fetchval(
-        "SELECT cancelled_at FROM encounter_cancels WHERE encounter_id = $1 AND cancels = $2 AND cancelled_at >= $3",
-        encounter_id, cancels, at,
+async def cancels_of(conn: asyncpg.Connection, encounter_ids: Sequence[str]) -> dict[str, dict[str, datetime]]:
+    """The known cancels of ``encounter_ids`` in one read: encounter -> {"admit"/"discharge": latest time}."""
+    rows = await conn.fetch(
+        "SELECT encounter_id, cancels, cancelled_at FROM encounter_cancels WHERE encounter_id = ANY($1::text[])",
+        list(encounter_ids),
     )
-    return value
+    found: dict[str, dict[str, datetime]] = {}
+    for row in rows:
+        found.setdefault(row["encounter_id"], {})[row["cancels"]] = row["cancelled_at"]
+    return found
 
 
 async def mark_retracted(conn: asyncpg.Connection, notification_ids: Sequence[str], retracted_at: datetime) -> None:

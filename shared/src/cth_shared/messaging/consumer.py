@@ -10,6 +10,12 @@ For each batch FastStream hands us (raw records, offsets not yet committed):
    that event alone), and produced events are written to the outbox;
 3. the transaction commits, then FastStream commits the offsets (``AckPolicy.ACK``).
 
+Optimistic pass first: the batch runs without savepoints, and work handlers queued with
+``UnitOfWork.defer`` runs once at its end (one statement per table instead of one per event).
+If any handler or queued write fails, that pass rolls back and the batch is redone with a
+savepoint per event; queued work that allows it (``per_event_when_isolated``) is then finished
+inside each event's savepoint, so a write refused for one event's data parks that event alone.
+
 Lanes (``lanes`` > 1): a batch's member-keyed records are split by key into lanes
 (a member's records, from every topic, always share a lane, in fetch order) and the
 lanes are applied concurrently, each in its own transaction, so the service overlaps
@@ -264,6 +270,8 @@ class BatchProcessor:
                 )
             )
             uow = self._unit_of_work(conn)
+            uow.events = [item for (_, item), key in zip(parsed, keys, strict=True)
+                          if key in fresh and isinstance(item, CloudEvent) and item.type in self._handlers]
             consumed = 0
             for (record, item), key in zip(parsed, keys, strict=True):
                 if key not in fresh:
@@ -274,7 +282,14 @@ class BatchProcessor:
                     continue
                 consumed += 1
                 await self._handle(uow, record, item, batch_span, isolate)
-            await uow.flush()
+            try:
+                await uow.flush()
+            except Exception as exc:
+                if isolate or is_transient(exc):
+                    raise
+                # Deferred work failed on some event's data: the isolated pass finishes the kinds
+                # that allow it per event, so the failure dead-letters that event alone.
+                raise _IsolationNeeded from exc
         self._events.add(consumed, {"service": self.service})
 
     async def _handle(
@@ -308,6 +323,8 @@ class BatchProcessor:
             try:
                 async with uow.conn.transaction():  # savepoint: a failing event rolls back alone
                     await handler(uow, event)
+                    if uow.per_event_kinds:
+                        await uow.run_deferred(uow.per_event_kinds)
             except Rejected as exc:
                 uow.rollback_to(mark)
                 span.set_attribute("cth.rejected", exc.reason)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,30 +53,71 @@ class UnitOfWork:
     topic_prefix: str = ""
     cause: CloudEvent[Any] | None = None
     rows: list[OutboxRow] = field(default_factory=list)
-    #: Work handlers queued for one set-based step at flush (see :meth:`defer`).
-    deferred: list[tuple[str, Any]] = field(default_factory=list)
+    #: Work handlers queued for one set-based step at flush (see :meth:`defer`): (number, kind, item).
+    deferred: list[tuple[int, str, Any]] = field(default_factory=list)
     _finishers: dict[str, Finisher] = field(default_factory=dict)
+    #: Kinds finished at the end of each event's savepoint in the isolated pass (see :meth:`defer`).
+    per_event_kinds: set[str] = field(default_factory=set)
+    #: Queued work already run by :meth:`run_deferred` before the flush (so a rollback can queue it again).
+    _ran: list[tuple[int, str, Any]] = field(default_factory=list)
+    _queued: int = 0
+    #: The events this transaction applies (a batch lane), for handlers that read for all of them at once.
+    events: Sequence[CloudEvent[Any]] = ()
     #: Reads a handler may reuse for the rest of this transaction (e.g. subscriptions, which only
     #: other transactions change). A handler that caches what its own transaction writes must drop
     #: the entry when it writes; a rolled-back savepoint drops them all (:meth:`rollback_to`).
     memo: dict[Any, Any] = field(default_factory=dict)
 
-    def defer(self, kind: str, item: Any, finisher: Finisher) -> None:
+    def defer(self, kind: str, item: Any, finisher: Finisher, *, per_event_when_isolated: bool = False) -> None:
         """Queue ``item`` for ``finisher``, which runs once at :meth:`flush` with every item of
         its kind, in queued order, inside this transaction (before the outbox is written; it
-        may publish). Handlers use it to replace one statement per event by one per batch."""
+        may publish, and may queue items of kinds first queued after its own). Handlers use it
+        to replace one statement per event by one per batch.
+
+        ``per_event_when_isolated``: a failure of this finisher may come from one event's data
+        (e.g. a value the database refuses). In the isolated pass, the one that runs after a
+        batch failed, such a kind is finished at the end of each event's savepoint, so a failing
+        write dead-letters its own event and nothing else. Leave it False for kinds that must
+        run once per transaction (e.g. ones that lock shared rows in a fixed order)."""
         self._finishers.setdefault(kind, finisher)
-        self.deferred.append((kind, item))
+        if per_event_when_isolated:
+            self.per_event_kinds.add(kind)
+        self._queued += 1
+        self.deferred.append((self._queued, kind, item))
 
-    def mark(self) -> tuple[int, int]:
+    async def run_deferred(self, kinds: Collection[str] | None = None) -> None:
+        """Run the queued work of ``kinds`` (all when None) now, kind by kind in the order the
+        kinds were first queued; what a finisher queues of a selected kind runs too. A handler
+        calls it before it reads what its queued writes change: the read must see them."""
+        while True:
+            ran = False
+            for kind, finisher in list(self._finishers.items()):
+                if kinds is not None and kind not in kinds:
+                    continue
+                entries = [entry for entry in self.deferred if entry[1] == kind]
+                if not entries:
+                    continue
+                self.deferred = [entry for entry in self.deferred if entry[1] != kind]
+                self._ran.extend(entries)
+                await finisher(self, [item for _, _, item in entries])
+                ran = True
+            if not ran:
+                return
+
+    def mark(self) -> tuple[int, int, int]:
         """A point to roll the queued effects back to (with a savepoint of the transaction)."""
-        return len(self.rows), len(self.deferred)
+        return len(self.rows), self._queued, len(self._ran)
 
-    def rollback_to(self, mark: tuple[int, int]) -> None:
-        """Forget what was queued after ``mark`` (its savepoint was rolled back), and every memo:
-        one may hold a read of what the rolled-back work wrote."""
-        del self.rows[mark[0]:]
-        del self.deferred[mark[1]:]
+    def rollback_to(self, mark: tuple[int, int, int]) -> None:
+        """Forget what was queued after ``mark`` (its savepoint was rolled back); work queued before
+        it but run after it is queued again (the savepoint took its writes along); and every memo
+        goes: one may hold a read of what the rolled-back work wrote."""
+        rows, queued, ran = mark
+        del self.rows[rows:]
+        again = [entry for entry in self._ran[ran:] if entry[0] <= queued]
+        del self._ran[ran:]
+        self.deferred = sorted([entry for entry in self.deferred if entry[0] <= queued] + again,
+                               key=lambda entry: entry[0])
         self.memo.clear()
 
     def publish(
@@ -116,12 +157,8 @@ class UnitOfWork:
 
     async def flush(self) -> int:
         """Run deferred work, then write queued rows to the outbox table (inside the caller's transaction)."""
-        if self.deferred:
-            pending, self.deferred = self.deferred, []
-            for kind, finisher in self._finishers.items():
-                items = [item for k, item in pending if k == kind]
-                if items:
-                    await finisher(self, items)
+        await self.run_deferred()
+        self._ran.clear()
         if not self.rows:
             return 0
         await self.conn.execute(
