@@ -1,10 +1,13 @@
-"""The in-memory candidate index gives route() the same answer as a full directory scan."""
+"""The in-memory candidate index gives route() the same answer as a full directory scan; the cache
+behind it holds every NPI's newest record."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
+from referrals.directory import DirectoryCache
 from referrals.domain.directory_index import ProviderIndex
 from referrals.domain.model import MemberCoverage, ProviderProfile, Routed, Unroutable
 from referrals.domain.routing import RoutingPolicy, route
@@ -117,3 +120,18 @@ def test_only_the_kept_ranks_are_scored_in_full_yet_every_policy_ranks_like_a_fu
             expected = route(service, member, directory, policy, reserved)
             assert route(service, member, candidates, policy, reserved, narrowed=counts) == expected
             assert route(service, member, iter(directory), policy, reserved) == expected
+
+
+def test_the_directory_cache_holds_each_npis_newest_record_inactive_ones_too() -> None:
+    cache = DirectoryCache(cell_degrees=0.25)
+    provider = synthetic_directory(1)[0]
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    cache.apply(provider, t0)
+    closed = replace(provider, active=False)
+    cache.apply(closed, t0 + timedelta(hours=1))
+    cache.apply(replace(provider, capacity=99), t0 - timedelta(hours=1))  # older record: ignored
+    # A facility that closed is still the facility an encounter happened at (care evidence), but
+    # no longer a routing candidate.
+    assert cache.record(provider.npi) == closed
+    assert cache.index.get(provider.npi) is None
+    assert cache.record("1999999999") is None  # not held here: the caller reads the table

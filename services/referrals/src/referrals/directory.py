@@ -32,6 +32,7 @@ class DirectoryCache:
     def __init__(self, cell_degrees: float) -> None:
         self.index = ProviderIndex(cell_degrees=cell_degrees)
         self._as_of: dict[str, datetime] = {}
+        self._records: dict[str, ProviderProfile] = {}
         self.last_seq = 0
 
     def apply(self, profile: ProviderProfile, as_of: datetime) -> None:
@@ -40,7 +41,13 @@ class DirectoryCache:
         if known is not None and known > as_of:
             return
         self._as_of[profile.npi] = as_of
+        self._records[profile.npi] = profile
         self.index.upsert(profile)
+
+    def record(self, npi: str) -> ProviderProfile | None:
+        """The newest directory record of ``npi`` this process holds, active or not; None when it holds
+        none (the provider may still be in the table: written by another instance since the last poll)."""
+        return self._records.get(npi)
 
     async def refresh(self, db: store.Executor) -> int:
         """Pull rows written since the last refresh (all rows the first time); returns how many."""
