@@ -4,7 +4,8 @@ Against the real PostgreSQL, with the service's own handlers and ``BatchProcesso
 events applied as one batch (alerts queued, written before the reads that must see them: a care
 team that arrives late, cancels) and applied one event per batch give the same alerts, facts,
 retractions, sequence numbers and deliveries; a lane without cancels or late teams reads the
-care teams and cancels once and writes all its alerts in one statement.
+care teams, cancels and earlier discharges once and writes all its alerts, and all its encounter rows,
+in one statement each.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from notifications.settings import NotificationSettings
 pytestmark = pytest.mark.integration
 
 OTHER = "M000002"
+THIRD = "M000003"
 
 EVENTS: list[tuple[str, str, bytes]] = [
     # The admission is handled before its member's care team is known (topics are not ordered with each other).
@@ -44,6 +46,15 @@ EVENTS: list[tuple[str, str, bytes]] = [
                                       cancelled_at="2026-03-09T09:00:00-05:00")),
     ("encounters", OTHER, event_bytes("encounter.discharged", event_id="dis-2", member_id=OTHER,
                                       encounter_id="SEG-V0002")),
+    # A discharge, then a readmission twelve days later naming it, and an update (A08) of the readmission.
+    ("attribution", THIRD, event_bytes("attribution.changed", event_id="team-3", member_id=THIRD)),
+    ("encounters", THIRD, event_bytes("encounter.discharged", event_id="dis-31", member_id=THIRD,
+                                      encounter_id="SEG-V0031")),
+    ("encounters", THIRD, event_bytes("encounter.admitted", event_id="adm-32", member_id=THIRD,
+                                      encounter_id="SEG-V0032", admitted_at="2026-03-18T07:00:00-05:00")),
+    ("encounters", THIRD, event_bytes("encounter.admitted", event_id="adm-32u", member_id=THIRD, trigger="A08",
+                                      encounter_id="SEG-V0032", admitted_at="2026-03-18T07:00:00-05:00",
+                                      patient_class="observation")),
     # The late team's admit alerts for MEMBER, then their retraction, in the same batch.
     ("encounters", MEMBER, event_bytes("encounter.cancelled", event_id="cxl-1", trigger="A11", cancels="admit",
                                        cancelled_at="2026-03-02T10:00:00-05:00")),
@@ -95,6 +106,12 @@ async def state(pool: asyncpg.Pool) -> dict[str, Any]:
                                                                   " -> 'data' ->> 'notification_id' AS payload"
                                                                   " FROM outbox")),
         "dead_letters": await pool.fetchval("SELECT count(*) FROM dead_letters"),
+        "encounters": [tuple(r) for r in await pool.fetch(
+            "SELECT encounter_id, member_id, patient_class, admitted_at, discharged_at, facility FROM encounters"
+            " ORDER BY 1")],
+        "discharges": [tuple(r) for r in await pool.fetch("SELECT * FROM member_discharges ORDER BY 1, 2")],
+        "readmission_facts": [tuple(r) for r in await pool.fetch(
+            "SELECT subject_key, facts ->> 'previous_encounter_id' FROM alert_facts WHERE kind = 'readmission'")],
     }
 
 
@@ -123,9 +140,12 @@ async def test_one_batch_gives_the_alerts_of_event_by_event_application(
     assert len(pcp) >= 4 and pcp == list(range(1, len(pcp) + 1))
     assert expected["deliveries"] and len(expected["created"]) == len(alerts)
     assert expected["dead_letters"] == 0
+    assert expected["readmission_facts"] == [("SEG-V0032", "SEG-V0031")]
+    assert ("SEG-V0032", THIRD, "observation") in [e[:3] for e in expected["encounters"]]  # the A08 applied last
+    assert [d[:2] for d in expected["discharges"]] == [(THIRD, "SEG-V0031")]  # OTHER's was cancelled
 
 
-async def test_a_lane_of_admissions_reads_teams_and_cancels_once_and_writes_its_alerts_in_one_statement(
+async def test_a_lane_of_admissions_reads_once_and_writes_once_per_table(
     isolated: Any, pools: list[asyncpg.Pool]
 ) -> None:
     pool = pools[0]
@@ -147,5 +167,7 @@ async def test_a_lane_of_admissions_reads_teams_and_cancels_once_and_writes_its_
     assert count("SELECT member_id, effective_from, effective_to, care_team FROM care_team_history") == 1
     assert count("SELECT encounter_id, cancels, cancelled_at FROM encounter_cancels") == 1
     assert count("WITH pending AS") == 1  # sequence numbers
+    assert count("INSERT INTO encounters") == 1
+    assert count("SELECT member_id, encounter_id, discharged_at FROM member_discharges") == 1  # readmission check
     assert await pool.fetchval("SELECT count(*) FROM notifications WHERE encounter_id LIKE 'SEG-M%'") == 60
     assert await pool.fetchval("SELECT count(*) FROM alert_facts WHERE subject_key LIKE 'SEG-M%'") == 20

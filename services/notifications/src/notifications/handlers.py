@@ -8,8 +8,9 @@ what it queued in one statement (``UnitOfWork.defer``), at its end or before a r
 see it (late care teams, cancels); then, once per lane, it gives the new alerts their
 recipients' next sequence numbers in one statement (counters locked in a fixed order, so
 concurrent lanes never deadlock), publishes ``notification.created`` and NOTIFYs the live
-inbox streams. The care teams and cancels of the lane's members and encounters are read
-once, for all of them, on the first need."""
+inbox streams. The care teams, cancels and earlier discharges of the lane's members and
+encounters are read once, for all of them, on the first need; the encounter rows (a read model
+nothing in a lane reads back) are written with the lane's others in one statement."""
 
 from __future__ import annotations
 
@@ -90,6 +91,8 @@ async def _subscriptions(uow: UnitOfWork, organizations: Sequence[str]) -> list[
 
 _CARE_TEAMS = "care_team_histories"
 _CANCELS = "encounter_cancels"
+_DISCHARGES = "member_discharges"
+_ENCOUNTERS = "notifications.encounters"
 
 
 async def _care_team_at(uow: UnitOfWork, member_id: str, on: date) -> list[CareTeamEntry]:
@@ -139,6 +142,45 @@ async def _remember_cancel(uow: UnitOfWork, encounter_id: str, cancels: str, can
     known = uow.memo.get(_CANCELS, {}).get(encounter_id)
     if known is not None:
         known[cancels] = max(known.get(cancels, cancelled_at), cancelled_at)
+
+
+def _save_encounter(uow: UnitOfWork, state: store.EncounterState) -> None:
+    """The encounter's read-model row, written with the lane's others in one statement (nothing in a
+    lane reads it back)."""
+    uow.defer(_ENCOUNTERS, state, _upsert_encounters, per_event_when_isolated=True)
+
+
+async def _upsert_encounters(uow: UnitOfWork, states: list[store.EncounterState]) -> None:
+    await store.upsert_encounters(uow.conn, states)
+
+
+async def _discharges(uow: UnitOfWork, member_id: str) -> dict[str, datetime]:
+    """The member's recorded discharges (encounter -> time); like the care teams, read for every member
+    of the lane at the first need and kept current by :func:`_record_discharge` / :func:`_forget_discharge`."""
+    known = uow.memo.get(_DISCHARGES)
+    if known is None or member_id not in known:
+        members = {member_id}
+        if known is None:
+            members |= {event.subject for event in uow.events if event.subject}
+        known = uow.memo.setdefault(_DISCHARGES, {})
+        found = await store.discharges_of(uow.conn, sorted(members))
+        known.update({member: found.get(member, {}) for member in members})
+    discharges: dict[str, datetime] = known[member_id]
+    return discharges
+
+
+async def _record_discharge(uow: UnitOfWork, member_id: str, encounter_id: str, discharged_at: datetime) -> None:
+    await store.record_discharge(uow.conn, member_id, encounter_id, discharged_at)
+    known = uow.memo.get(_DISCHARGES, {}).get(member_id)
+    if known is not None:
+        known[encounter_id] = discharged_at
+
+
+async def _forget_discharge(uow: UnitOfWork, member_id: str, encounter_id: str) -> None:
+    await store.forget_discharge(uow.conn, member_id, encounter_id)
+    known = uow.memo.get(_DISCHARGES, {}).get(member_id)
+    if known is not None:
+        known.pop(encounter_id, None)
 
 
 async def _finish_new_alerts(uow: UnitOfWork, alerts: list[_NewAlert]) -> None:
@@ -224,22 +266,23 @@ class AlertHandlers:
         previous: list[datetime] = []
         if isinstance(data, EncounterAdmitted):
             event_time = data.admitted_at
-            await store.upsert_encounter(uow.conn, data.encounter_id, data.member_id, facility,
-                                         data.patient_class.value, admitted_at=data.admitted_at)
-            previous = await store.previous_discharges(uow.conn, data.member_id, data.encounter_id)
+            _save_encounter(uow, store.EncounterState(data.encounter_id, data.member_id, facility,
+                                                      data.patient_class.value, admitted_at=data.admitted_at))
+            discharges = await _discharges(uow, data.member_id)
+            previous = [at for encounter, at in discharges.items() if encounter != data.encounter_id]
             facts.update(admitted_at=data.admitted_at, diagnoses=_diagnoses(data.diagnoses))
         elif isinstance(data, EncounterTransferred):
             event_time = data.transferred_at
-            await store.upsert_encounter(uow.conn, data.encounter_id, data.member_id, facility,
-                                         data.patient_class.value)
+            _save_encounter(uow, store.EncounterState(data.encounter_id, data.member_id, facility,
+                                                      data.patient_class.value))
             facts.update(transferred_at=data.transferred_at, to_unit=data.to_unit)
         else:
             event_time = data.discharged_at
-            await store.upsert_encounter(uow.conn, data.encounter_id, data.member_id, facility,
-                                         data.patient_class.value, admitted_at=data.admitted_at,
-                                         discharged_at=data.discharged_at)
+            _save_encounter(uow, store.EncounterState(data.encounter_id, data.member_id, facility,
+                                                      data.patient_class.value, admitted_at=data.admitted_at,
+                                                      discharged_at=data.discharged_at))
             if data.trigger != "A08":
-                await store.record_discharge(uow.conn, data.member_id, data.encounter_id, data.discharged_at)
+                await _record_discharge(uow, data.member_id, data.encounter_id, data.discharged_at)
             facts.update(admitted_at=data.admitted_at, discharged_at=data.discharged_at,
                          disposition=data.disposition, discharged_to_npi=data.discharged_to_npi,
                          diagnoses=_diagnoses(data.diagnoses))
@@ -251,9 +294,11 @@ class AlertHandlers:
         if kind is None:
             return  # A08: the state is updated above; an update never re-alerts
         if kind is Kind.READMISSION:
-            prior = await store.last_discharge_before(uow.conn, data.member_id, data.encounter_id, event_time)
-            if prior is not None:
-                facts.update(previous_encounter_id=prior["encounter_id"], previous_discharged_at=prior["discharged_at"])
+            earlier = [(at, encounter) for encounter, at in (await _discharges(uow, data.member_id)).items()
+                       if encounter != data.encounter_id and at <= event_time]
+            if earlier:
+                discharged_at, encounter_id = max(earlier)
+                facts.update(previous_encounter_id=encounter_id, previous_discharged_at=discharged_at)
         await self._raise(uow, event, kind, data.member_id, event_time, data.encounter_id, data.encounter_id,
                           data.patient_class.value, facts, parties)
         cancels = next((c for c, kinds in RETRACTED_BY_CANCEL.items() if kind in kinds), None)
@@ -279,7 +324,7 @@ class AlertHandlers:
         await uow.run_deferred((_ALERTS,))  # the alerts this lane raised so far are retracted too
         await store.forget_alert_facts(uow.conn, encounter_id, sorted(k.value for k in RETRACTED_BY_CANCEL[cancels]))
         if cancels == "discharge":
-            await store.forget_discharge(uow.conn, member_id, encounter_id)
+            await _forget_discharge(uow, member_id, encounter_id)
         originals = await store.alerts_to_retract(uow.conn, encounter_id, sorted(RETRACTED_BY_CANCEL[cancels]))
         if not originals:
             return

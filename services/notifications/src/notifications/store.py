@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,37 +109,56 @@ async def forget_alert_facts(conn: asyncpg.Connection, subject_key: str, kinds: 
 
 
 # --------------------------------------------------------------------------- encounters
-async def upsert_encounter(
-    conn: asyncpg.Connection, encounter_id: str, member_id: str, facility: dict[str, Any], patient_class: str,
-    admitted_at: datetime | None = None, discharged_at: datetime | None = None,
-) -> None:
+@dataclass(frozen=True)
+class EncounterState:
+    """What one ADT event says about an encounter (None: not said by this event)."""
+
+    encounter_id: str
+    member_id: str
+    facility: dict[str, Any]
+    patient_class: str
+    admitted_at: datetime | None = None
+    discharged_at: datetime | None = None
+
+    def then(self, later: EncounterState) -> EncounterState:
+        """This state followed by ``later``, as the upsert would leave it (times kept unless restated)."""
+        return dataclasses.replace(
+            later, member_id=self.member_id,
+            admitted_at=later.admitted_at if later.admitted_at is not None else self.admitted_at,
+            discharged_at=later.discharged_at if later.discharged_at is not None else self.discharged_at,
+        )
+
+
+async def upsert_encounters(conn: asyncpg.Connection, states: Sequence[EncounterState]) -> None:
+    """Apply ``states`` in order, in one statement (the states of one encounter merged first)."""
+    merged: dict[str, EncounterState] = {}
+    for state in states:
+        known = merged.get(state.encounter_id)
+        merged[state.encounter_id] = known.then(state) if known is not None else state
+    rows = list(merged.values())
     await conn.execute(
         "INSERT INTO encounters(encounter_id, member_id, facility, patient_class, admitted_at, discharged_at)"
-        " VALUES ($1, $2, $3::jsonb, $4, $5, $6)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::timestamptz[],"
+        " $6::timestamptz[])"
         " ON CONFLICT (encounter_id) DO UPDATE SET facility = excluded.facility,"
         " patient_class = excluded.patient_class,"
         " admitted_at = coalesce(excluded.admitted_at, encounters.admitted_at),"
         " discharged_at = coalesce(excluded.discharged_at, encounters.discharged_at), updated_at = now()",
-        encounter_id, member_id, json.dumps(facility), patient_class, admitted_at, discharged_at,
+        [r.encounter_id for r in rows], [r.member_id for r in rows], [json.dumps(r.facility) for r in rows],
+        [r.patient_class for r in rows], [r.admitted_at for r in rows], [r.discharged_at for r in rows],
     )
 
 
-async def previous_discharges(conn: asyncpg.Connection, member_id: str, encounter_id: str) -> list[datetime]:
+async def discharges_of(conn: asyncpg.Connection, member_ids: Sequence[str]) -> dict[str, dict[str, datetime]]:
+    """The recorded discharges of ``member_ids`` in one read: member -> {encounter: discharged_at}."""
     rows = await conn.fetch(
-        "SELECT discharged_at FROM member_discharges WHERE member_id = $1 AND encounter_id <> $2",
-        member_id, encounter_id,
+        "SELECT member_id, encounter_id, discharged_at FROM member_discharges WHERE member_id = ANY($1::text[])",
+        list(member_ids),
     )
-    return [r["discharged_at"] for r in rows]
-
-
-async def last_discharge_before(
-    conn: asyncpg.Connection, member_id: str, encounter_id: str, before: datetime
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT encounter_id, discharged_at FROM member_discharges WHERE member_id = $1 AND encounter_id <> $2"
-        " AND discharged_at <= $3 ORDER BY discharged_at DESC LIMIT 1",
-        member_id, encounter_id, before,
-    )
+    found: dict[str, dict[str, datetime]] = {}
+    for row in rows:
+        found.setdefault(row["member_id"], {})[row["encounter_id"]] = row["discharged_at"]
+    return found
 
 
 async def record_discharge(
