@@ -94,3 +94,68 @@ async def test_a_gap_opened_in_one_lane_is_flagged_overdue_by_a_clock_another_la
 async def outbox_types(pool: Any) -> dict[str, int]:
     rows = await pool.fetch("SELECT headers->>'ce_type' AS type, count(*) FROM outbox GROUP BY 1")
     return {r["type"]: r["count"] for r in rows}
+
+
+@pytest.fixture
+async def two_schemas(isolated: Any) -> Any:
+    made = []
+    for schema in ("care_gaps_batched", "care_gaps_one_by_one"):
+        made.append(await create_pool(isolated.database_url, schema=schema, application_name="care-gaps-batching",
+                                      max_size=1))  # one connection: its query logger sees every statement
+        await run_migrations(made[-1], schema, "care_gaps")
+    yield made
+    for pool in made:
+        await pool.close()
+
+
+async def test_a_lane_creates_and_reads_its_encounters_rows_once_with_the_outcome_of_one_event_at_a_time(
+    isolated: Any, two_schemas: Any
+) -> None:
+    def encounters(member: str, n: int) -> list[ConsumerRecord]:
+        topic = isolated.topic("encounters")
+        first, second = f"SEG-{member}-1", f"SEG-{member}-2"
+        return [
+            record(topic, 0, member, "encounter.admitted", f"{member}-a01", "2026-03-20T08:00:00-05:00",
+                   encounter_id=first, admitted_at="2026-03-20T08:00:00-05:00", patient_class="inpatient"),
+            record(topic, 1, member, "encounter.discharged", f"{member}-a03", "2026-03-25T11:00:00-05:00",
+                   encounter_id=first, admitted_at="2026-03-20T08:00:00-05:00",
+                   discharged_at="2026-03-25T11:00:00-05:00", disposition="01", patient_class="inpatient"),
+            # readmitted within 30 days; the second member's readmission is cancelled (A11)
+            record(topic, 2, member, "encounter.admitted", f"{member}-a01b", "2026-04-02T08:00:00-05:00",
+                   encounter_id=second, admitted_at="2026-04-02T08:00:00-05:00", patient_class="inpatient"),
+            *([record(topic, 3, member, "encounter.cancelled", f"{member}-a11", "2026-04-02T09:00:00-05:00",
+                      encounter_id=second, trigger="A11", cancels="admit",
+                      cancelled_at="2026-04-02T09:00:00-05:00")] if n == 1 else []),
+        ]
+
+    batch = [r for n, member in enumerate(("M-ENC-A", "M-ENC-B", "M-ENC-C")) for r in encounters(member, n)]
+    batched, one_by_one = two_schemas
+    sent: list[str] = []
+    async with batched.acquire() as conn:
+        conn.add_query_logger(lambda logged: sent.append(" ".join(logged.query.split())))
+
+    def processor(pool: Any) -> BatchProcessor:
+        use_cases = CareGapsUseCases(MeasureConfig(), ClockPolicy(mode="event"), wall_clock=lambda: WALL)
+        return BatchProcessor(service="care-gaps", pool=pool, tenant="payer-test", topic_prefix=isolated.topic_prefix,
+                              handlers=use_cases.mapping(), lanes=1, after_batch=use_cases.after_batch)
+
+    await processor(batched).process(batch)
+    single = processor(one_by_one)
+    for item in batch:
+        await single.process([item])
+
+    async def tables(pool: Any) -> dict[str, Any]:
+        return {
+            "encounters": [tuple(r) for r in await pool.fetch(
+                "SELECT encounter_id, member_id, patient_class, admitted_at, discharged_at, inpatient_since,"
+                " admit_event_id, admit_cancelled_at, discharge_event_id FROM encounters ORDER BY 1")],
+            "gaps": [tuple(r) for r in await pool.fetch(
+                "SELECT gap_id, encounter_id, measure, status, due_date FROM gaps ORDER BY 1")],
+        }
+
+    got, expected = await tables(batched), await tables(one_by_one)
+    assert got == expected
+    assert len(expected["encounters"]) == 6
+    watches = {g[1]: g[3] for g in expected["gaps"] if g[2] == "readmission_watch"}
+    assert watches["SEG-M-ENC-A-1"] == watches["SEG-M-ENC-C-1"] == "closed"  # readmitted within 30 days
+    assert sum(1 for q in sent if q.startswith("INSERT INTO encounters")) == 1

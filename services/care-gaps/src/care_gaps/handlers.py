@@ -87,6 +87,10 @@ def _care_team(member: asyncpg.Record | None) -> CareTeam:
     )
 
 
+#: The lane's encounter rows (memo key): read for every encounter of the lane at the first need.
+_ENCOUNTER_ROWS = "encounter_rows"
+
+
 def _owner_model(owner_role: str, owner_id: str | None) -> GapOwner:
     return GapOwner(role=owner_role, id=owner_id)  # type: ignore[arg-type]  # role checked by the model
 
@@ -152,7 +156,7 @@ class CareGapsUseCases:
             if discharge.patient_class == PatientClass.INPATIENT:
                 columns["inpatient_since"] = discharge.admitted_at
                 columns["admit_event_id"] = event.id
-        await store.update_encounter(uow.conn, discharge.encounter_id, **columns)
+        await self._update_encounter(uow, discharge.encounter_id, **columns)
 
         if encounter["admit_cancelled_at"] is not None or cancelled_at is not None:
             await self._retract_encounter(uow, event, discharge.encounter_id, "encounter_cancelled")
@@ -202,7 +206,7 @@ class CareGapsUseCases:
             if encounter["inpatient_since"] is None or encounter["admit_event_id"] is None or reinstated:
                 columns["admit_event_id"] = event.id
             columns["inpatient_since"] = admitted.admitted_at
-        await store.update_encounter(uow.conn, admitted.encounter_id, **columns)
+        await self._update_encounter(uow, admitted.encounter_id, **columns)
         if (encounter["admit_cancelled_at"] is None or reinstated) and admitted.patient_class == PatientClass.INPATIENT:
             await self._apply_readmission(uow, event, admitted.member_id, admitted.encounter_id,
                                           admitted.admitted_at, columns.get("admit_event_id")
@@ -218,7 +222,7 @@ class CareGapsUseCases:
                      and (transfer.from_patient_class is None or transfer.from_patient_class != PatientClass.INPATIENT))
         if not converted or encounter["admit_cancelled_at"] is not None:
             return
-        await store.update_encounter(uow.conn, transfer.encounter_id, inpatient_since=transfer.transferred_at,
+        await self._update_encounter(uow, transfer.encounter_id, inpatient_since=transfer.transferred_at,
                                      admit_event_id=event.id, patient_class=PatientClass.INPATIENT.value)
         await self._apply_readmission(uow, event, transfer.member_id, transfer.encounter_id,
                                       transfer.transferred_at, event.id)
@@ -230,12 +234,12 @@ class CareGapsUseCases:
         encounter = await self._encounter(uow, event, cancel.encounter_id, cancel.member_id, cancel.patient_class)
         if cancel.cancels == "admit":
             if encounter["admit_cancelled_at"] is None or cancel.cancelled_at > encounter["admit_cancelled_at"]:
-                await store.update_encounter(uow.conn, cancel.encounter_id, admit_cancelled_at=cancel.cancelled_at)
+                await self._update_encounter(uow, cancel.encounter_id, admit_cancelled_at=cancel.cancelled_at)
             await self._retract_encounter(uow, event, cancel.encounter_id, "encounter_cancelled")
             return
         previous = encounter["discharge_cancelled_at"]
         if previous is None or cancel.cancelled_at > previous:
-            await store.update_encounter(uow.conn, cancel.encounter_id, discharge_cancelled_at=cancel.cancelled_at)
+            await self._update_encounter(uow, cancel.encounter_id, discharge_cancelled_at=cancel.cancelled_at)
         discharged_at = encounter["discharged_at"]
         if discharged_at is not None and discharged_at <= cancel.cancelled_at:
             await self._retract_encounter(uow, event, cancel.encounter_id, "encounter_cancelled")
@@ -385,14 +389,33 @@ class CareGapsUseCases:
 
     # ----------------------------------------------------------------------- internals
     async def _encounter(self, uow: UnitOfWork, event: CloudEvent[Any], encounter_id: str, member_id: str,
-                         patient_class: PatientClass) -> asyncpg.Record:
+                         patient_class: PatientClass) -> dict[str, Any]:
         if event.subject != member_id:
             raise Rejected("subject_mismatch", "the envelope subject is not the encounter's member id")
-        encounter = await store.ensure_encounter(uow.conn, encounter_id, member_id, event.tenant,
-                                                 patient_class.value)
+        known: dict[str, dict[str, Any]] | None = uow.memo.get(_ENCOUNTER_ROWS)
+        if known is None or encounter_id not in known:
+            # The first need in a lane creates and reads the rows of every encounter of the lane's events
+            # at once (a row created early is invisible: it has no admission or discharge yet).
+            first_seen: dict[str, tuple[str, str, str]] = {}
+            if known is None:
+                for other in uow.events:
+                    data = other.data
+                    if other.type.startswith("encounter.") and other.subject == getattr(data, "member_id", None):
+                        first_seen.setdefault(data.encounter_id, (data.member_id, other.tenant,
+                                                                  data.patient_class.value))
+            first_seen.setdefault(encounter_id, (member_id, event.tenant, patient_class.value))
+            known = uow.memo.setdefault(_ENCOUNTER_ROWS, {})
+            known.update(await store.ensure_encounters(uow.conn, first_seen))
+        encounter = dict(known[encounter_id])
         if encounter["member_id"] != member_id:
             raise Rejected("encounter_member_mismatch", "the encounter id is known for another member")
         return encounter
+
+    async def _update_encounter(self, uow: UnitOfWork, encounter_id: str, **columns: Any) -> None:
+        await store.update_encounter(uow.conn, encounter_id, **columns)
+        row = uow.memo.get(_ENCOUNTER_ROWS, {}).get(encounter_id)
+        if row is not None:
+            row.update(columns)
 
     async def _reconcile_gaps(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str,
                               facts: DischargeFacts, windows: Iterable[Any], retract_reason: str,

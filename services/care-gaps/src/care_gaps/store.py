@@ -99,14 +99,18 @@ async def get_encounter(conn: asyncpg.Connection, encounter_id: str) -> asyncpg.
     return await conn.fetchrow("SELECT * FROM encounters WHERE encounter_id = $1", encounter_id)
 
 
-async def ensure_encounter(conn: asyncpg.Connection, encounter_id: str, member_id: str, tenant: str,
-                           patient_class: str) -> asyncpg.Record:
-    """The encounter row, created with its first known patient class if new."""
-    return await conn.fetchrow(
-        "INSERT INTO encounters(encounter_id, member_id, tenant, patient_class) VALUES ($1, $2, $3, $4)"
+async def ensure_encounters(conn: asyncpg.Connection, first_seen: dict[str, tuple[str, str, str]]
+                            ) -> dict[str, dict[str, Any]]:
+    """The rows of the given encounters, each created with its first known member, tenant and patient
+    class if new (``encounter_id -> (member_id, tenant, patient_class)``), in one statement; as dicts."""
+    ids = list(first_seen)
+    rows = await conn.fetch(
+        "INSERT INTO encounters(encounter_id, member_id, tenant, patient_class)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
         " ON CONFLICT (encounter_id) DO UPDATE SET encounter_id = excluded.encounter_id RETURNING *",
-        encounter_id, member_id, tenant, patient_class,
+        ids, [first_seen[i][0] for i in ids], [first_seen[i][1] for i in ids], [first_seen[i][2] for i in ids],
     )
+    return {row["encounter_id"]: dict(row) for row in rows}
 
 
 async def update_encounter(conn: asyncpg.Connection, encounter_id: str, **columns: Any) -> None:
