@@ -57,7 +57,6 @@ from .domain.rules import (
 )
 
 _log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("notifications")
 
 _ALERTS = "notifications.alerts"
 _NEW_ALERTS = "notifications.new_alerts"
@@ -394,12 +393,15 @@ class AlertHandlers:
             encounter_id=encounter_id, patient_class=patient_class, due_date=due_date, facts=facts,
             parties=dataclasses.asdict(parties), source_event_id=source_event_id,
         )
-        with _tracer.start_as_current_span("notifications.plan_alerts", attributes={"cth.alert_kind": kind.value}):
-            care_team = await _care_team_at(uow, member_id, event_time.date())
-            organizations = _organizations(care_team, self.payer_organization_id)
-            subscriptions = await _subscriptions(uow, organizations)
-            planned = plan_alerts(self.rules, kind, patient_class, care_team, parties, subscriptions,
-                                  self.payer_organization_id)
+        care_team = await _care_team_at(uow, member_id, event_time.date())
+        organizations = _organizations(care_team, self.payer_organization_id)
+        subscriptions = await _subscriptions(uow, organizations)
+        planned = plan_alerts(self.rules, kind, patient_class, care_team, parties, subscriptions,
+                              self.payer_organization_id)
+        # On the event's own span (a child span per alerting fact cost more than the planning it timed).
+        span = trace.get_current_span()
+        span.set_attribute("cth.alert_kind", kind.value)
+        span.set_attribute("cth.alerts_planned", len(planned))
         alerts = []
         for alert in planned:
             all_facts = dict(facts, kind=kind.value, priority=alert.priority, event_time=event_time)
