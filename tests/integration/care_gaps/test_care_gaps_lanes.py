@@ -108,7 +108,7 @@ async def two_schemas(isolated: Any) -> Any:
         await pool.close()
 
 
-async def test_a_lane_creates_and_reads_its_encounters_rows_once_with_the_outcome_of_one_event_at_a_time(
+async def test_a_lane_reads_its_encounters_and_members_once_with_the_outcome_of_one_event_at_a_time(
     isolated: Any, two_schemas: Any
 ) -> None:
     def encounters(member: str, n: int) -> list[ConsumerRecord]:
@@ -128,20 +128,24 @@ async def test_a_lane_creates_and_reads_its_encounters_rows_once_with_the_outcom
                       cancelled_at="2026-04-02T09:00:00-05:00")] if n == 1 else []),
         ]
 
-    batch = [r for n, member in enumerate(("M-ENC-A", "M-ENC-B", "M-ENC-C")) for r in encounters(member, n)]
+    members = ("M-ENC-A", "M-ENC-B", "M-ENC-C")
+    enrolled = [record(isolated.topic("enrollment"), n, member, "member.enrolled", f"{member}-enrolled",
+                       "2026-03-01T09:00:00-05:00") for n, member in enumerate(members)]
+    batch = [r for n, member in enumerate(members) for r in encounters(member, n)]
     batched, one_by_one = two_schemas
     sent: list[str] = []
-    async with batched.acquire() as conn:
-        conn.add_query_logger(lambda logged: sent.append(" ".join(logged.query.split())))
 
     def processor(pool: Any) -> BatchProcessor:
         use_cases = CareGapsUseCases(MeasureConfig(), ClockPolicy(mode="event"), wall_clock=lambda: WALL)
         return BatchProcessor(service="care-gaps", pool=pool, tenant="payer-test", topic_prefix=isolated.topic_prefix,
                               handlers=use_cases.mapping(), lanes=1, after_batch=use_cases.after_batch)
 
+    await processor(batched).process(enrolled)
+    async with batched.acquire() as conn:
+        conn.add_query_logger(lambda logged: sent.append(" ".join(logged.query.split())))
     await processor(batched).process(batch)
     single = processor(one_by_one)
-    for item in batch:
+    for item in enrolled + batch:
         await single.process([item])
 
     async def tables(pool: Any) -> dict[str, Any]:
@@ -150,7 +154,7 @@ async def test_a_lane_creates_and_reads_its_encounters_rows_once_with_the_outcom
                 "SELECT encounter_id, member_id, patient_class, admitted_at, discharged_at, inpatient_since,"
                 " admit_event_id, admit_cancelled_at, discharge_event_id FROM encounters ORDER BY 1")],
             "gaps": [tuple(r) for r in await pool.fetch(
-                "SELECT gap_id, encounter_id, measure, status, due_date FROM gaps ORDER BY 1")],
+                "SELECT gap_id, encounter_id, measure, status, due_date, priority, owner_role FROM gaps ORDER BY 1")],
         }
 
     got, expected = await tables(batched), await tables(one_by_one)
@@ -158,4 +162,6 @@ async def test_a_lane_creates_and_reads_its_encounters_rows_once_with_the_outcom
     assert len(expected["encounters"]) == 6
     watches = {g[1]: g[3] for g in expected["gaps"] if g[2] == "readmission_watch"}
     assert watches["SEG-M-ENC-A-1"] == watches["SEG-M-ENC-C-1"] == "closed"  # readmitted within 30 days
+    assert max(g[5] for g in expected["gaps"]) > 0  # the members' risk ranked their gaps
     assert sum(1 for q in sent if q.startswith("INSERT INTO encounters")) == 1
+    assert [q for q in sent if "FROM members" in q] == ["SELECT * FROM members WHERE member_id = ANY($1::text[])"]

@@ -91,6 +91,28 @@ def _care_team(member: asyncpg.Record | None) -> CareTeam:
 _ENCOUNTER_ROWS = "encounter_rows"
 
 
+#: The lane's member rows (memo key), read for every member of the lane at the first need.
+_MEMBER_ROWS = "member_rows"
+
+
+async def _member(uow: UnitOfWork, member_id: str) -> asyncpg.Record | None:
+    """The member's row (None: not enrolled yet). The first need in a lane reads the rows of every member
+    of the lane's events at once; a handler that writes a member's row first drops it (:func:`_forget_member`)."""
+    known: dict[str, asyncpg.Record | None] | None = uow.memo.get(_MEMBER_ROWS)
+    if known is None or member_id not in known:
+        members = {member_id}
+        if known is None:
+            members |= {event.subject for event in uow.events if event.subject}
+        found = await store.get_members(uow.conn, sorted(members))
+        known = uow.memo.setdefault(_MEMBER_ROWS, {})
+        known.update({member: found.get(member) for member in members})
+    return known[member_id]
+
+
+def _forget_member(uow: UnitOfWork, member_id: str) -> None:
+    uow.memo.get(_MEMBER_ROWS, {}).pop(member_id, None)
+
+
 def _owner_model(owner_role: str, owner_id: str | None) -> GapOwner:
     return GapOwner(role=owner_role, id=owner_id)  # type: ignore[arg-type]  # role checked by the model
 
@@ -161,7 +183,7 @@ class CareGapsUseCases:
         if encounter["admit_cancelled_at"] is not None or cancelled_at is not None:
             await self._retract_encounter(uow, event, discharge.encounter_id, "encounter_cancelled")
             return
-        member = await store.get_member(uow.conn, discharge.member_id)
+        member = await _member(uow, discharge.member_id)
         primary = next((d.code for d in discharge.diagnoses if d.primary), None)
         facts = DischargeFacts(discharge.encounter_id, discharge.patient_class, discharge.discharged_at,
                                discharge.disposition, primary)
@@ -285,6 +307,7 @@ class CareGapsUseCases:
     async def on_member_snapshot(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
         """Enrollment: risk score, the date the member turns 65, termination, care manager."""
         member: MemberSnapshot = event.data
+        _forget_member(uow, member.member_id)
         applied = await store.upsert_enrollment(
             uow.conn, member.member_id, event.tenant, risk_score=member.risk_score,
             turns_65_on=age_65_date(member.birth_date), termination_date=member.termination_date,
@@ -300,6 +323,7 @@ class CareGapsUseCases:
     async def on_disenrolled(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
         """HEDIS continuous enrollment: gaps due after the termination date are not applicable."""
         ended: MemberDisenrolled = event.data
+        _forget_member(uow, ended.member_id)
         await store.set_termination(uow.conn, ended.member_id, event.tenant, ended.termination_date)
         await self._disenroll(uow, event, ended.member_id, ended.termination_date)
         await self._refresh_priority(uow, ended.member_id, event.time.date())
@@ -319,6 +343,7 @@ class CareGapsUseCases:
             v1c_npi=v1c.id if v1c else None, v1c_tin=v1c.tin if v1c else None,
             care_manager_id=manager.id if manager else None,
         )
+        _forget_member(uow, change.member_id)
         applied = await store.upsert_care_team(
             uow.conn, change.member_id, event.tenant, pcp_npi=team.pcp_npi, pcp_tin=team.pcp_tin,
             v1c_npi=team.v1c_npi, v1c_tin=team.v1c_tin, care_manager_id=team.care_manager_id,
@@ -548,7 +573,7 @@ class CareGapsUseCases:
             await self._retract(uow, event, ids, "disenrolled")
 
     async def _refresh_owner(self, uow: UnitOfWork, member_id: str) -> None:
-        owner = gap_owner(_care_team(await store.get_member(uow.conn, member_id)))
+        owner = gap_owner(_care_team(await _member(uow, member_id)))
         await store.set_member_owner(uow.conn, member_id, owner.role, owner.id)
 
     async def _refresh_priority(self, uow: UnitOfWork, member_id: str, as_of: date, *,
@@ -557,7 +582,7 @@ class CareGapsUseCases:
         """Rank the member's active gaps; ``member`` and ``active`` spare the reads when the caller
         just made them in this transaction (and changed neither since)."""
         if member is None:
-            member = await store.get_member(uow.conn, member_id)
+            member = await _member(uow, member_id)
         if active is None:
             active = await store.active_gaps_of_member(uow.conn, member_id)
         open_count = sum(1 for g in active if g["measure"] != GapMeasure.READMISSION_WATCH.value)

@@ -46,6 +46,12 @@ async def get_member(conn: asyncpg.Connection, member_id: str) -> asyncpg.Record
     return await conn.fetchrow("SELECT * FROM members WHERE member_id = $1", member_id)
 
 
+async def get_members(conn: asyncpg.Connection, member_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """The rows of ``member_ids`` that exist, in one read."""
+    rows = await conn.fetch("SELECT * FROM members WHERE member_id = ANY($1::text[])", list(member_ids))
+    return {row["member_id"]: row for row in rows}
+
+
 async def upsert_enrollment(conn: asyncpg.Connection, member_id: str, tenant: str, *, risk_score: float,
                             turns_65_on: date | None, termination_date: date | None, care_manager_id: str | None,
                             fact_time: datetime) -> bool:
