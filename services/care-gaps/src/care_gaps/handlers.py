@@ -87,8 +87,26 @@ def _care_team(member: asyncpg.Record | None) -> CareTeam:
     )
 
 
-#: The lane's encounter rows (memo key): read for every encounter of the lane at the first need.
+#: The lane's encounter rows (memo key): its members' encounters, read at the first need and kept current
+#: by each update, so readmission checks read them from memory.
 _ENCOUNTER_ROWS = "encounter_rows"
+#: The members whose encounter rows are all in ``_ENCOUNTER_ROWS`` (memo key).
+_ENCOUNTERS_OF = "encounters_of_members"
+
+
+async def _load_encounters(uow: UnitOfWork, first_seen: dict[str, tuple[str, str, str]],
+                           members: set[str]) -> dict[str, dict[str, Any]]:
+    known: dict[str, dict[str, Any]] = uow.memo.setdefault(_ENCOUNTER_ROWS, {})
+    known.update(await store.lane_encounters(uow.conn, first_seen, sorted(members)))
+    uow.memo.setdefault(_ENCOUNTERS_OF, set()).update(members)
+    return known
+
+
+async def _member_encounters(uow: UnitOfWork, member_id: str) -> list[dict[str, Any]]:
+    """Every encounter row of the member, as this transaction has them (see ``_ENCOUNTER_ROWS``)."""
+    if member_id not in uow.memo.get(_ENCOUNTERS_OF, set()):
+        await _load_encounters(uow, {}, {member_id})
+    return [row for row in uow.memo[_ENCOUNTER_ROWS].values() if row["member_id"] == member_id]
 
 
 #: The lane's member rows (memo key), read for every member of the lane at the first need.
@@ -196,8 +214,8 @@ class CareGapsUseCases:
                                             plan.exclusion or "criteria_no_longer_met", member)
         # Later admissions already known (out-of-order arrival) may readmit after this discharge,
         # and this encounter's own admission may readmit after an earlier one.
-        for admission in await store.inpatient_admissions_after(uow.conn, discharge.member_id,
-                                                                discharge.discharged_at):
+        for admission in store.inpatient_admissions_after(await _member_encounters(uow, discharge.member_id),
+                                                          discharge.discharged_at):
             await self._apply_readmission(uow, event, discharge.member_id, admission["encounter_id"],
                                           admission["inpatient_since"], admission["admit_event_id"] or event.id)
         if discharge.patient_class == PatientClass.INPATIENT:
@@ -419,18 +437,20 @@ class CareGapsUseCases:
             raise Rejected("subject_mismatch", "the envelope subject is not the encounter's member id")
         known: dict[str, dict[str, Any]] | None = uow.memo.get(_ENCOUNTER_ROWS)
         if known is None or encounter_id not in known:
-            # The first need in a lane creates and reads the rows of every encounter of the lane's events
-            # at once (a row created early is invisible: it has no admission or discharge yet).
+            # The first need in a lane creates the encounters of the lane's events and reads them with
+            # every other encounter of the lane's members, at once (a row created early is invisible:
+            # it has no admission or discharge yet).
             first_seen: dict[str, tuple[str, str, str]] = {}
+            members: set[str] = set()
             if known is None:
                 for other in uow.events:
                     data = other.data
                     if other.type.startswith("encounter.") and other.subject == getattr(data, "member_id", None):
                         first_seen.setdefault(data.encounter_id, (data.member_id, other.tenant,
                                                                   data.patient_class.value))
+                members = {other.subject for other in uow.events if other.subject}
             first_seen.setdefault(encounter_id, (member_id, event.tenant, patient_class.value))
-            known = uow.memo.setdefault(_ENCOUNTER_ROWS, {})
-            known.update(await store.ensure_encounters(uow.conn, first_seen))
+            known = await _load_encounters(uow, first_seen, members)
         encounter = dict(known[encounter_id])
         if encounter["member_id"] != member_id:
             raise Rejected("encounter_member_mismatch", "the encounter id is known for another member")
@@ -524,7 +544,7 @@ class CareGapsUseCases:
         """HEDIS PCR/TRC: an inpatient admission within 30 days of the last discharge closes that
         discharge's watch as a readmission (unless planned) and retires its follow-up gaps."""
         prior = [PriorDischarge(r["encounter_id"], r["discharged_at"], r["disposition"])
-                 for r in await store.member_discharges(uow.conn, member_id)]
+                 for r in store.member_discharges(await _member_encounters(uow, member_id))]
         index = index_discharge_for(admission_encounter_id, admitted_at, prior, self.config)
         if index is None:
             return

@@ -6,7 +6,7 @@ handler, a pool connection in the API): the repository never commits on its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -105,18 +105,35 @@ async def get_encounter(conn: asyncpg.Connection, encounter_id: str) -> asyncpg.
     return await conn.fetchrow("SELECT * FROM encounters WHERE encounter_id = $1", encounter_id)
 
 
-async def ensure_encounters(conn: asyncpg.Connection, first_seen: dict[str, tuple[str, str, str]]
-                            ) -> dict[str, dict[str, Any]]:
-    """The rows of the given encounters, each created with its first known member, tenant and patient
-    class if new (``encounter_id -> (member_id, tenant, patient_class)``), in one statement; as dicts."""
+async def lane_encounters(conn: asyncpg.Connection, first_seen: dict[str, tuple[str, str, str]],
+                          member_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """In one statement: create the missing encounters of ``first_seen`` (``encounter_id -> (member_id,
+    tenant, patient_class)``, each with its first known values) and return their rows and every other
+    encounter row of ``member_ids``, as dicts by encounter id."""
     ids = list(first_seen)
     rows = await conn.fetch(
-        "INSERT INTO encounters(encounter_id, member_id, tenant, patient_class)"
+        "WITH ensured AS ("
+        " INSERT INTO encounters(encounter_id, member_id, tenant, patient_class)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
-        " ON CONFLICT (encounter_id) DO UPDATE SET encounter_id = excluded.encounter_id RETURNING *",
+        " ON CONFLICT (encounter_id) DO UPDATE SET encounter_id = excluded.encounter_id RETURNING *)"
+        " SELECT * FROM ensured"
+        " UNION ALL SELECT * FROM encounters WHERE member_id = ANY($5::text[]) AND encounter_id <> ALL($1::text[])",
         ids, [first_seen[i][0] for i in ids], [first_seen[i][1] for i in ids], [first_seen[i][2] for i in ids],
+        list(member_ids),
     )
     return {row["encounter_id"]: dict(row) for row in rows}
+
+
+def member_discharges(encounters: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Of a member's encounter rows: the known, not cancelled discharges."""
+    return [e for e in encounters if e["discharged_at"] is not None and e["admit_cancelled_at"] is None
+            and (e["discharge_cancelled_at"] is None or e["discharged_at"] > e["discharge_cancelled_at"])]
+
+
+def inpatient_admissions_after(encounters: Iterable[Mapping[str, Any]], after: datetime) -> list[Mapping[str, Any]]:
+    """Of a member's encounter rows: the not cancelled inpatient admissions that started after ``after``."""
+    return sorted((e for e in encounters if e["inpatient_since"] is not None and e["inpatient_since"] > after
+                   and e["admit_cancelled_at"] is None), key=lambda e: e["inpatient_since"])
 
 
 async def update_encounter(conn: asyncpg.Connection, encounter_id: str, **columns: Any) -> None:
@@ -124,25 +141,6 @@ async def update_encounter(conn: asyncpg.Connection, encounter_id: str, **column
     assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
     await conn.execute(f"UPDATE encounters SET {assignments} WHERE encounter_id = $1",
                        encounter_id, *(columns[n] for n in names))
-
-
-async def member_discharges(conn: asyncpg.Connection, member_id: str) -> list[asyncpg.Record]:
-    """Known, not cancelled discharges of a member."""
-    return await conn.fetch(
-        "SELECT encounter_id, discharged_at, disposition FROM encounters WHERE member_id = $1"
-        " AND discharged_at IS NOT NULL AND admit_cancelled_at IS NULL"
-        " AND (discharge_cancelled_at IS NULL OR discharged_at > discharge_cancelled_at)",
-        member_id,
-    )
-
-
-async def inpatient_admissions_after(conn: asyncpg.Connection, member_id: str, after: datetime) -> list[asyncpg.Record]:
-    """Not cancelled inpatient admissions of a member that started after ``after``."""
-    return await conn.fetch(
-        "SELECT encounter_id, inpatient_since, admit_event_id FROM encounters WHERE member_id = $1"
-        " AND inpatient_since > $2 AND admit_cancelled_at IS NULL ORDER BY inpatient_since",
-        member_id, after,
-    )
 
 
 # --------------------------------------------------------------------------- gaps
