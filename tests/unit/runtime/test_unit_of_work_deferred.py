@@ -78,3 +78,24 @@ async def test_work_run_before_the_savepoint_is_not_queued_again_by_its_rollback
     uow.rollback_to(mark)
     await uow.run_deferred()
     assert rec.calls == [("alerts", ["first"])]
+
+
+async def test_read_for_lane_fetches_the_lanes_keys_once_and_a_key_outside_the_lane_alone() -> None:
+    uow = new_uow()
+    uow.events = [type("Event", (), {"subject": m})() for m in ("M2", "M1", "M2")]  # type: ignore[misc]
+    fetched: list[list[str]] = []
+
+    async def fetch(keys: list[str]) -> dict[str, list[str]]:
+        fetched.append(keys)
+        return {"M1": ["row-of-M1"]}
+
+    def subjects(events: Any) -> set[str]:
+        return {e.subject for e in events}
+
+    assert await uow.read_for_lane("rows", "M1", subjects, fetch, list) == ["row-of-M1"]
+    m2 = await uow.read_for_lane("rows", "M2", subjects, fetch, list)
+    assert m2 == [] and fetched == [["M1", "M2"]]  # one read for the lane
+    m2.append("written by this lane")  # entries missing from the table are fresh objects, kept as updated
+    assert await uow.read_for_lane("rows", "M2", subjects, fetch, list) == ["written by this lane"]
+    assert await uow.read_for_lane("rows", "M9", subjects, fetch, list) == []
+    assert fetched == [["M1", "M2"], ["M9"]]

@@ -116,15 +116,10 @@ _MEMBER_ROWS = "member_rows"
 async def _member(uow: UnitOfWork, member_id: str) -> asyncpg.Record | None:
     """The member's row (None: not enrolled yet). The first need in a lane reads the rows of every member
     of the lane's events at once; a handler that writes a member's row first drops it (:func:`_forget_member`)."""
-    known: dict[str, asyncpg.Record | None] | None = uow.memo.get(_MEMBER_ROWS)
-    if known is None or member_id not in known:
-        members = {member_id}
-        if known is None:
-            members |= {event.subject for event in uow.events if event.subject}
-        found = await store.get_members(uow.conn, sorted(members))
-        known = uow.memo.setdefault(_MEMBER_ROWS, {})
-        known.update({member: found.get(member) for member in members})
-    return known[member_id]
+    row: asyncpg.Record | None = await uow.read_for_lane(
+        _MEMBER_ROWS, member_id, lambda events: {e.subject for e in events if e.subject},
+        lambda members: store.get_members(uow.conn, members), lambda: None)
+    return row
 
 
 def _forget_member(uow: UnitOfWork, member_id: str) -> None:

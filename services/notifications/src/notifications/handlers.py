@@ -94,22 +94,20 @@ _DISCHARGES = "member_discharges"
 _ENCOUNTERS = "notifications.encounters"
 
 
-async def _care_team_at(uow: UnitOfWork, member_id: str, on: date) -> list[CareTeamEntry]:
-    """The member's care team in force on ``on``.
+def _members(events: Sequence[CloudEvent[Any]]) -> set[str]:
+    return {event.subject for event in events if event.subject}
 
-    The first call in a transaction (a batch lane) reads the care-team histories of every member of
-    the lane's events in one statement; later calls find them in the memo. Only
-    :func:`_record_care_team` writes the history in this service; it drops the member's entry, so
-    the next call reads that member again."""
-    histories = uow.memo.get(_CARE_TEAMS)
-    if histories is None or member_id not in histories:
-        members = {member_id}
-        if histories is None:
-            members |= {event.subject for event in uow.events if event.subject}
-        histories = uow.memo.setdefault(_CARE_TEAMS, {})
-        found = await store.care_team_histories(uow.conn, sorted(members))
-        histories.update({member: found.get(member, []) for member in members})
-    return store.care_team_in_force(histories[member_id], on)
+
+def _encounters(events: Sequence[CloudEvent[Any]]) -> set[str]:
+    return {e.data.encounter_id for e in events if e.type.startswith("encounter.") and e.data.encounter_id}
+
+
+async def _care_team_at(uow: UnitOfWork, member_id: str, on: date) -> list[CareTeamEntry]:
+    """The member's care team in force on ``on``; the first need in a lane reads the care-team histories
+    of all the lane's members at once. :func:`_record_care_team`, the only writer, drops the member's."""
+    history = await uow.read_for_lane(_CARE_TEAMS, member_id, _members,
+                                      lambda members: store.care_team_histories(uow.conn, members), list)
+    return store.care_team_in_force(history, on)
 
 
 async def _record_care_team(uow: UnitOfWork, member_id: str, effective_from: date, method: str,
@@ -119,20 +117,11 @@ async def _record_care_team(uow: UnitOfWork, member_id: str, effective_from: dat
 
 
 async def _cancel_covering(uow: UnitOfWork, encounter_id: str, cancels: str, at: datetime) -> datetime | None:
-    """When a known cancel covers the encounter's admit/discharge at ``at``: its time, else None.
-
-    Read like the care teams: on the first need, the cancels of every encounter of the lane's
-    events at once; :func:`_remember_cancel` keeps the memo current."""
-    known = uow.memo.get(_CANCELS)
-    if known is None or encounter_id not in known:
-        encounters = {encounter_id}
-        if known is None:
-            encounters |= {e.data.encounter_id for e in uow.events
-                           if e.type.startswith("encounter.") and e.data.encounter_id}
-        known = uow.memo.setdefault(_CANCELS, {})
-        found = await store.cancels_of(uow.conn, sorted(encounters))
-        known.update({encounter: found.get(encounter, {}) for encounter in encounters})
-    cancelled_at = known[encounter_id].get(cancels)
+    """When a known cancel covers the encounter's admit/discharge at ``at``: its time, else None. Read
+    like the care teams, for every encounter of the lane; :func:`_remember_cancel` keeps the entry current."""
+    known = await uow.read_for_lane(_CANCELS, encounter_id, _encounters,
+                                    lambda encounters: store.cancels_of(uow.conn, encounters), dict)
+    cancelled_at: datetime | None = known.get(cancels)
     return cancelled_at if cancelled_at is not None and cancelled_at >= at else None
 
 
@@ -154,17 +143,10 @@ async def _upsert_encounters(uow: UnitOfWork, states: list[store.EncounterState]
 
 
 async def _discharges(uow: UnitOfWork, member_id: str) -> dict[str, datetime]:
-    """The member's recorded discharges (encounter -> time); like the care teams, read for every member
-    of the lane at the first need and kept current by :func:`_record_discharge` / :func:`_forget_discharge`."""
-    known = uow.memo.get(_DISCHARGES)
-    if known is None or member_id not in known:
-        members = {member_id}
-        if known is None:
-            members |= {event.subject for event in uow.events if event.subject}
-        known = uow.memo.setdefault(_DISCHARGES, {})
-        found = await store.discharges_of(uow.conn, sorted(members))
-        known.update({member: found.get(member, {}) for member in members})
-    discharges: dict[str, datetime] = known[member_id]
+    """The member's recorded discharges (encounter -> time); read like the care teams, kept current by
+    :func:`_record_discharge` / :func:`_forget_discharge`."""
+    discharges: dict[str, datetime] = await uow.read_for_lane(
+        _DISCHARGES, member_id, _members, lambda members: store.discharges_of(uow.conn, members), dict)
     return discharges
 
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -103,6 +103,24 @@ class UnitOfWork:
                 ran = True
             if not ran:
                 return
+
+    async def read_for_lane(
+        self, name: str, key: Any, lane_keys: Callable[[Sequence[CloudEvent[Any]]], Iterable[Any]],
+        fetch: Callable[[list[Any]], Awaitable[Mapping[Any, Any]]], missing: Callable[[], Any],
+    ) -> Any:
+        """``key``'s entry of the memo ``name``. The first need in the transaction fetches the entries of
+        ``key`` and of every key ``lane_keys`` names among :attr:`events` in one call of ``fetch``
+        (keys it does not return get ``missing()``); a key not fetched yet is fetched alone. A handler
+        that writes what an entry holds updates the entry, or drops it (``memo[name].pop(key)``)."""
+        known: dict[Any, Any] | None = self.memo.get(name)
+        if known is None or key not in known:
+            keys = {key}
+            if known is None:
+                keys.update(lane_keys(self.events))
+            found = await fetch(sorted(keys))
+            known = self.memo.setdefault(name, {})
+            known.update({k: found[k] if k in found else missing() for k in keys})
+        return known[key]
 
     def mark(self) -> tuple[int, int, int]:
         """A point to roll the queued effects back to (with a savepoint of the transaction)."""
