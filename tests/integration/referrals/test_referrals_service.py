@@ -83,6 +83,54 @@ async def referrals_service(isolated: Any, tmp_path: Path) -> Any:
     assert service.terminate(timeout=20) == 0, service.log_tail()
 
 
+async def test_an_admission_at_a_listed_agency_is_care_evidence_and_one_at_an_unlisted_hospital_is_none(
+    isolated: Any, referrals_service: Any
+) -> None:
+    # The facility of an encounter is looked up in the directory the process holds (kept in step by the
+    # provider.upserted events it handles and by polling), not in the table.
+    discharged_at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    providers = [agency(BEST_PREFERRED, "222333444", [{"network_id": "NET-A", "tier": "preferred"}], 0.02, 4.5),
+                 agency(OUT_OF_NETWORK, "555444333", [{"network_id": "NET-B", "tier": "preferred"}], 0.01, 5.0)]
+    discharge = dict(EXAMPLES["encounter.discharged"], admitted_at=(discharged_at - timedelta(days=4)).isoformat(),
+                     discharged_at=discharged_at.isoformat(), attending_npi="1234567893")
+    admitted_now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    at_hospital = dict(EXAMPLES["encounter.admitted"], encounter_id="SEG-V0100", admitted_at=admitted_now)
+    at_agency = dict(EXAMPLES["encounter.admitted"], encounter_id="SEG-V0101", admitted_at=admitted_now,
+                     facility={"npi": OUT_OF_NETWORK, "name": "Agency out of network", "tin": "555444333"})
+    producer = AIOKafkaProducer(bootstrap_servers=isolated.kafka_bootstrap_servers)
+    conn = await asyncpg.connect(isolated.database_url)
+    await producer.start()
+    try:
+        for provider in providers:
+            await producer.send(isolated.topic("provider-directory"),
+                                event("provider.upserted", provider, provider["npi"]), key=provider["npi"].encode())
+        await producer.send(isolated.topic("enrollment"), event("member.enrolled", EXAMPLES["member.enrolled"], MEMBER),
+                            key=MEMBER.encode())
+        await producer.flush()
+        await wait_for(conn, "SELECT count(*) FROM referrals.members", 1)
+        await producer.send(isolated.topic("encounters"), event("encounter.discharged", discharge, MEMBER),
+                            key=MEMBER.encode())
+        await producer.flush()
+        assert [e["type"] for e in await read_topic(isolated, "referrals", 1, timeout=20)] == ["referral.routed"]
+
+        await producer.send(isolated.topic("encounters"), event("encounter.admitted", at_hospital, MEMBER,
+                                                                event_id="adm-hospital"), key=MEMBER.encode())
+        await producer.flush()
+        await wait_for(conn, "SELECT count(*) FROM referrals.inbox WHERE event_id = 'adm-hospital'", 1)
+        assert await conn.fetchval("SELECT status FROM referrals.referrals") == "open"  # a hospital: no evidence
+
+        await producer.send(isolated.topic("encounters"), event("encounter.admitted", at_agency, MEMBER),
+                            key=MEMBER.encode())
+        await producer.flush()
+        produced = await read_topic(isolated, "referrals", 2, timeout=20)
+        leakage = [e["data"] for e in produced if e["type"] == "referral.leakage_detected"]
+        assert [(x["actual_npi"], x["leakage_kind"], x["evidence_kind"]) for x in leakage] == [
+            (OUT_OF_NETWORK, "out_of_network", "encounter")]
+    finally:
+        await producer.stop()
+        await conn.close()
+
+
 async def test_discharge_to_home_health_routes_once_to_the_best_preferred_agency_and_an_out_of_network_claim_is_leakage(
     isolated: Any, referrals_service: Any
 ) -> None:

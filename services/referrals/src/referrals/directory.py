@@ -34,6 +34,9 @@ class DirectoryCache:
         self._as_of: dict[str, datetime] = {}
         self._records: dict[str, ProviderProfile] = {}
         self.last_seq = 0
+        #: True once the table has been read in full: from then on a record this cache lacks is one the
+        #: table lacked at the last poll (or another instance wrote since, within the poll interval).
+        self.loaded = False
 
     def apply(self, profile: ProviderProfile, as_of: datetime) -> None:
         """Put ``profile`` in the index unless a newer record of the same NPI is already there."""
@@ -58,6 +61,7 @@ class DirectoryCache:
         for seq, as_of, profile in changed:
             self.apply(profile, as_of)
             self.last_seq = max(self.last_seq, seq)
+        self.loaded = True
         return len(changed)
 
     async def keep_in_step(self, pool: asyncpg.Pool, interval_s: float) -> None:

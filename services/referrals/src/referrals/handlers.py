@@ -221,9 +221,13 @@ class ReferralHandlers:
                                  facility_tin: str | None, care_on: date, encounter_id: str) -> None:
         # An encounter says nothing about the service category by itself: the facility's
         # directory services do (a facility the directory does not know gives no evidence).
-        # The directory this process holds (kept in step like the routing index) saves a read per
-        # encounter; a facility it does not hold yet is looked up in the table.
-        facility = self.directory.record(facility_npi) or await store.get_provider(uow.conn, facility_npi)
+        # The directory this process holds, kept in step for routing, answers without a read (most
+        # encounters are at hospitals, which it does not list). A directory write by another instance
+        # reaches it within the poll interval, as for routing; until loaded, the table answers.
+        if self.directory.loaded:
+            facility = self.directory.record(facility_npi)
+        else:
+            facility = await store.get_provider(uow.conn, facility_npi)
         if facility is None:
             return
         categories = facility.services & POST_ACUTE_CATEGORIES
