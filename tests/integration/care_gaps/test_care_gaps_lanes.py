@@ -17,7 +17,7 @@ from care_gaps.handlers import CareGapsUseCases, ClockPolicy
 from cth_shared.contracts import EXAMPLES, new_event, registered_types
 from cth_shared.db import create_pool, run_migrations
 from cth_shared.messaging.consumer import BatchProcessor
-from cth_shared.testing import keys_in_distinct_lanes
+from cth_shared.testing import keys_in_distinct_lanes, statements_sent
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,6 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
                        "2026-03-01T09:00:00-05:00") for n, member in enumerate(members)]
     batch = [r for n, member in enumerate(members) for r in encounters(member, n)]
     batched, one_by_one = two_schemas
-    sent: list[str] = []
 
     def processor(pool: Any) -> BatchProcessor:
         use_cases = CareGapsUseCases(MeasureConfig(), ClockPolicy(mode="event"), wall_clock=lambda: WALL)
@@ -141,10 +140,8 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
                               handlers=use_cases.mapping(), lanes=1, after_batch=use_cases.after_batch)
 
     await processor(batched).process(enrolled)
-    async with batched.acquire() as conn:
-        conn.add_query_logger(lambda logged: sent.append(" ".join(logged.query.split())))
-    await processor(batched).process(batch)
-    by_batch = list(sent)  # what the batch sent (not the reads below)
+    async with statements_sent(batched) as by_batch:
+        await processor(batched).process(batch)
     single = processor(one_by_one)
     for item in enrolled + batch:
         await single.process([item])

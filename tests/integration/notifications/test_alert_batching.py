@@ -19,6 +19,7 @@ import pytest
 from aiokafka import ConsumerRecord
 from cth_shared.db import create_pool, run_migrations
 from cth_shared.messaging.consumer import BatchProcessor
+from cth_shared.testing import statements_sent
 from notification_support import MEMBER, PCP_TIN, event_bytes
 from notifications.domain.rules import rule_set
 from notifications.handlers import AlertHandlers
@@ -155,10 +156,8 @@ async def test_a_lane_of_admissions_reads_once_and_writes_once_per_table(
                                                 encounter_id=f"SEG-{m}")) for m in members]
     run = processor(pool, isolated)
     await run.process(records(isolated.topic_prefix, teams))
-    sent: list[str] = []
-    async with pool.acquire() as conn:
-        conn.add_query_logger(lambda record: sent.append(" ".join(record.query.split())))
-    await run.process(records(isolated.topic_prefix, admissions))
+    async with statements_sent(pool) as sent:
+        await run.process(records(isolated.topic_prefix, admissions))
 
     def count(prefix: str) -> int:
         return sum(1 for q in sent if q.startswith(prefix))

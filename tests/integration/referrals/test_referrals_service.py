@@ -71,6 +71,19 @@ async def wait_for(conn: asyncpg.Connection, sql: str, expected: int, timeout: f
     raise AssertionError(f"{sql!r} stayed at {value}, expected {expected}")
 
 
+async def publish_directory_and_member(isolated: Any, producer: AIOKafkaProducer, conn: asyncpg.Connection,
+                                      providers: list[dict[str, Any]]) -> None:
+    """The agencies and the example member, applied by the service before the test goes on."""
+    for provider in providers:
+        await producer.send(isolated.topic("provider-directory"),
+                            event("provider.upserted", provider, provider["npi"]), key=provider["npi"].encode())
+    await producer.send(isolated.topic("enrollment"), event("member.enrolled", EXAMPLES["member.enrolled"], MEMBER),
+                        key=MEMBER.encode())
+    await producer.flush()
+    await wait_for(conn, "SELECT count(*) FROM referrals.providers", len(providers))
+    await wait_for(conn, "SELECT count(*) FROM referrals.members", 1)
+
+
 @pytest.fixture
 async def referrals_service(isolated: Any, tmp_path: Path) -> Any:
     service = ServiceProcess(
@@ -101,13 +114,7 @@ async def test_an_admission_at_a_listed_agency_is_care_evidence_and_one_at_an_un
     conn = await asyncpg.connect(isolated.database_url)
     await producer.start()
     try:
-        for provider in providers:
-            await producer.send(isolated.topic("provider-directory"),
-                                event("provider.upserted", provider, provider["npi"]), key=provider["npi"].encode())
-        await producer.send(isolated.topic("enrollment"), event("member.enrolled", EXAMPLES["member.enrolled"], MEMBER),
-                            key=MEMBER.encode())
-        await producer.flush()
-        await wait_for(conn, "SELECT count(*) FROM referrals.members", 1)
+        await publish_directory_and_member(isolated, producer, conn, providers)
         await producer.send(isolated.topic("encounters"), event("encounter.discharged", discharge, MEMBER),
                             key=MEMBER.encode())
         await producer.flush()
@@ -147,14 +154,7 @@ async def test_discharge_to_home_health_routes_once_to_the_best_preferred_agency
     conn = await asyncpg.connect(isolated.database_url)
     await producer.start()
     try:
-        for provider in providers:
-            await producer.send(isolated.topic("provider-directory"),
-                                event("provider.upserted", provider, provider["npi"]), key=provider["npi"].encode())
-        await producer.send(isolated.topic("enrollment"), event("member.enrolled", EXAMPLES["member.enrolled"], MEMBER),
-                            key=MEMBER.encode())
-        await producer.flush()
-        await wait_for(conn, "SELECT count(*) FROM referrals.providers", 4)
-        await wait_for(conn, "SELECT count(*) FROM referrals.members", 1)
+        await publish_directory_and_member(isolated, producer, conn, providers)
 
         first = event("encounter.discharged", discharge, MEMBER, event_id="adt-a03-1")
         resend = event("encounter.discharged", discharge, MEMBER, event_id="adt-a03-resend")

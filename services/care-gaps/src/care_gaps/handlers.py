@@ -37,7 +37,7 @@ from cth_shared.contracts.events import (
     VirtualVisitCompleted,
 )
 from cth_shared.messaging.consumer import Rejected
-from cth_shared.messaging.outbox import UnitOfWork
+from cth_shared.messaging.outbox import UnitOfWork, subjects
 
 from . import store
 from .domain.clock import ClockMode, advance_event_clock, event_clock_applies, is_live, overdue_at
@@ -117,7 +117,7 @@ async def _member(uow: UnitOfWork, member_id: str) -> asyncpg.Record | None:
     """The member's row (None: not enrolled yet). The first need in a lane reads the rows of every member
     of the lane's events at once; a handler that writes a member's row first drops it (:func:`_forget_member`)."""
     row: asyncpg.Record | None = await uow.read_for_lane(
-        _MEMBER_ROWS, member_id, lambda events: {e.subject for e in events if e.subject},
+        _MEMBER_ROWS, member_id, subjects,
         lambda members: store.get_members(uow.conn, members), lambda: None)
     return row
 
@@ -443,7 +443,7 @@ class CareGapsUseCases:
                     if other.type.startswith("encounter.") and other.subject == getattr(data, "member_id", None):
                         first_seen.setdefault(data.encounter_id, (data.member_id, other.tenant,
                                                                   data.patient_class.value))
-                members = {other.subject for other in uow.events if other.subject}
+                members = subjects(uow.events)
             first_seen.setdefault(encounter_id, (member_id, event.tenant, patient_class.value))
             known = await _load_encounters(uow, first_seen, members)
         encounter = dict(known[encounter_id])

@@ -37,7 +37,7 @@ from cth_shared.contracts.events import (
     ReferralRouted,
 )
 from cth_shared.messaging.consumer import Handler, Rejected
-from cth_shared.messaging.outbox import UnitOfWork
+from cth_shared.messaging.outbox import UnitOfWork, subjects
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -94,10 +94,6 @@ _DISCHARGES = "member_discharges"
 _ENCOUNTERS = "notifications.encounters"
 
 
-def _members(events: Sequence[CloudEvent[Any]]) -> set[str]:
-    return {event.subject for event in events if event.subject}
-
-
 def _encounters(events: Sequence[CloudEvent[Any]]) -> set[str]:
     return {e.data.encounter_id for e in events if e.type.startswith("encounter.") and e.data.encounter_id}
 
@@ -105,7 +101,7 @@ def _encounters(events: Sequence[CloudEvent[Any]]) -> set[str]:
 async def _care_team_at(uow: UnitOfWork, member_id: str, on: date) -> list[CareTeamEntry]:
     """The member's care team in force on ``on``; the first need in a lane reads the care-team histories
     of all the lane's members at once. :func:`_record_care_team`, the only writer, drops the member's."""
-    history = await uow.read_for_lane(_CARE_TEAMS, member_id, _members,
+    history = await uow.read_for_lane(_CARE_TEAMS, member_id, subjects,
                                       lambda members: store.care_team_histories(uow.conn, members), list)
     return store.care_team_in_force(history, on)
 
@@ -146,7 +142,7 @@ async def _discharges(uow: UnitOfWork, member_id: str) -> dict[str, datetime]:
     """The member's recorded discharges (encounter -> time); read like the care teams, kept current by
     :func:`_record_discharge` / :func:`_forget_discharge`."""
     discharges: dict[str, datetime] = await uow.read_for_lane(
-        _DISCHARGES, member_id, _members, lambda members: store.discharges_of(uow.conn, members), dict)
+        _DISCHARGES, member_id, subjects, lambda members: store.discharges_of(uow.conn, members), dict)
     return discharges
 
 

@@ -149,16 +149,21 @@ async def upsert_encounters(conn: asyncpg.Connection, states: Sequence[Encounter
     )
 
 
+def _nested(rows: Sequence[asyncpg.Record], outer: str, inner: str, value: str) -> dict[str, dict[str, Any]]:
+    """``rows`` as ``{row[outer]: {row[inner]: row[value]}}``."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        found.setdefault(row[outer], {})[row[inner]] = row[value]
+    return found
+
+
 async def discharges_of(conn: asyncpg.Connection, member_ids: Sequence[str]) -> dict[str, dict[str, datetime]]:
     """The recorded discharges of ``member_ids`` in one read: member -> {encounter: discharged_at}."""
     rows = await conn.fetch(
         "SELECT member_id, encounter_id, discharged_at FROM member_discharges WHERE member_id = ANY($1::text[])",
         list(member_ids),
     )
-    found: dict[str, dict[str, datetime]] = {}
-    for row in rows:
-        found.setdefault(row["member_id"], {})[row["encounter_id"]] = row["discharged_at"]
-    return found
+    return _nested(rows, "member_id", "encounter_id", "discharged_at")
 
 
 async def record_discharge(
@@ -357,10 +362,7 @@ async def cancels_of(conn: asyncpg.Connection, encounter_ids: Sequence[str]) -> 
         "SELECT encounter_id, cancels, cancelled_at FROM encounter_cancels WHERE encounter_id = ANY($1::text[])",
         list(encounter_ids),
     )
-    found: dict[str, dict[str, datetime]] = {}
-    for row in rows:
-        found.setdefault(row["encounter_id"], {})[row["cancels"]] = row["cancelled_at"]
-    return found
+    return _nested(rows, "encounter_id", "cancels", "cancelled_at")
 
 
 async def mark_retracted(conn: asyncpg.Connection, notification_ids: Sequence[str], retracted_at: datetime) -> None:

@@ -39,6 +39,12 @@ class OutboxRow:
 Finisher = Callable[["UnitOfWork", list[Any]], Awaitable[None]]
 
 
+def subjects(events: Sequence[CloudEvent[Any]]) -> set[str]:
+    """The subjects (member ids) of ``events``: the ``lane_keys`` of :meth:`UnitOfWork.read_for_lane` for
+    reads keyed by member."""
+    return {event.subject for event in events if event.subject}
+
+
 @dataclass
 class UnitOfWork:
     """One transaction's worth of effects and produced events.

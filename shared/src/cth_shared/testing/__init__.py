@@ -4,6 +4,11 @@ Fixtures (``infra``, ``isolated``) are registered with
 ``pytest_plugins = ["cth_shared.testing.infra"]`` in the root ``tests/conftest.py``.
 """
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
 from cth_shared.messaging.consumer import lane_of
 from cth_shared.testing.infra import (
     Infra,
@@ -27,6 +32,24 @@ def keys_in_distinct_lanes(count: int, lanes: int, prefix: str = "M") -> list[st
     raise ValueError(f"no {count} distinct lanes among {lanes}")
 
 
+@asynccontextmanager
+async def statements_sent(pool: asyncpg.Pool) -> AsyncIterator[list[str]]:
+    """The statements ``pool`` sends inside the block (whitespace folded), to count round trips. The pool
+    must have one connection (``max_size=1``) so that every statement goes through the one observed."""
+    sent: list[str] = []
+
+    def log(record: object) -> None:
+        sent.append(" ".join(str(getattr(record, "query", "")).split()))
+
+    async with pool.acquire() as conn:
+        conn.add_query_logger(log)
+    try:
+        yield sent
+    finally:
+        async with pool.acquire() as conn:
+            conn.remove_query_logger(log)
+
+
 __all__ = [
     "Infra",
     "InfraKind",
@@ -36,4 +59,5 @@ __all__ = [
     "isolated_env",
     "keys_in_distinct_lanes",
     "start_infra",
+    "statements_sent",
 ]
