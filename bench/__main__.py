@@ -129,6 +129,7 @@ async def run_pipeline(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         await create_catalog_topics(bootstrap, "baseline.")
         payloads = [(key, value) for key, value, _, _ in _take(workload, args.baseline_events)]
         workload.copies = 1000  # the baseline's copies never reach the services; keep ids apart anyway
+        workload.eras_used = 0  # and the services' first copy is the slice's own dates
         progress(f"baseline: {len(payloads)} records through 2 bare consume->produce hops (separate processes)")
         baseline = await run_baseline(bootstrap, "baseline.", payloads)
         out["baseline"] = {"events": baseline.events, "seconds": round(baseline.seconds, 2), "hops": baseline.hops,

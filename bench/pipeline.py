@@ -13,9 +13,15 @@ and care-gaps + notifications have read the care teams (``attribution.changed``)
 
 The workload: HL7 v2 ADT messages from :mod:`cth_shared.producers.synthetic`, translated in-process
 by :class:`~cth_shared.producers.hl7_adt.AdtTranslator` (what the MLLP listener does) into
-``encounter.*`` events, before any timing starts. Each measured phase sends a fresh copy of that
+``encounter.*`` events, before any timing starts. Each measured phase sends fresh copies of that
 stream (event ids and encounter ids suffixed per copy, so every copy is new work: new alerts, new gaps,
-new referrals), flat out or at a fixed offered rate.
+new referrals), flat out or at a fixed offered rate. Copy *k* is also moved *k* eras later in time (an era
+is the slice's days plus five weeks, whole weeks so weekdays stay), so the members' history grows the way
+a plan's does, year after year, instead of every copy landing on the same days as the ones before it
+(which piled up to twenty overlapping encounters per member and day window by the end of a run and made
+every readmission check and gap read slower than production would see). Later eras lie in the future, so
+care-gaps runs with ``MAX_FUTURE_SKEW_MINUTES`` set past the last era: its event clock is otherwise capped
+at wall time + 1 hour, and gaps of a future copy would never become overdue.
 
 Measured per phase:
 
@@ -43,6 +49,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,19 +90,44 @@ class Workload:
     days: int
     reference_counts: dict[str, int] = field(default_factory=dict)
     copies: int = 0
+    #: Copies moved in time so far: the next copy is moved this many eras later.
+    eras_used: int = 0
+
+    @property
+    def era(self) -> timedelta:
+        """How far each copy lands after the one before: the slice plus five weeks, in whole weeks."""
+        return timedelta(weeks=-(-(self.days + 35) // 7))
 
     def copy(self, limit: int | None = None) -> list[tuple[bytes, bytes, str, str]]:
-        """A fresh copy: (key, value, event id, encounter id) with ids suffixed so all of it is new work."""
+        """A fresh copy: (key, value, event id, encounter id) with ids suffixed so all of it is new work,
+        and every instant moved ``eras_used`` eras later (see the module docstring)."""
         self.copies += 1
         suffix = f"-c{self.copies}"
+        shift = self.era * self.eras_used
+        self.eras_used += 1
         out = []
         for event in self.encounters[:limit] if limit else self.encounters:
             data = dict(event["data"], encounter_id=event["data"]["encounter_id"] + suffix)
-            clone = dict(event, id=event["id"] + suffix, data=data)
+            for name in _INSTANTS:
+                if data.get(name):
+                    data[name] = _later(data[name], shift)
+            clone = dict(event, id=event["id"] + suffix, data=data, time=_later(event["time"], shift))
             if clone.get("correlationid"):
                 clone["correlationid"] = clone["correlationid"] + suffix
             out.append((clone["subject"].encode(), json.dumps(clone).encode(), clone["id"], data["encounter_id"]))
         return out
+
+
+#: The instants of an encounter event's data (besides the envelope's ``time``) that a copy moves.
+_INSTANTS = ("admitted_at", "transferred_at", "discharged_at", "cancelled_at")
+
+
+def _later(instant: str, shift: timedelta) -> str:
+    return instant if not shift else (datetime.fromisoformat(instant) + shift).isoformat()
+
+
+#: care-gaps' event clock may run this far ahead of wall time in the bench (the later eras are future dates).
+FUTURE_SKEW_MINUTES = 200 * 366 * 24 * 60
 
 
 def build_workload(members: int, days: int, seed: int = 9, progress: Progress = _quiet) -> Workload:
@@ -313,6 +345,7 @@ class Pipeline:
             "LOG_LEVEL": "WARNING",
             "BATCH_MAX_RECORDS": str(self.batch_max_records),
             "CLOCK": "event",  # care-gaps: overdue on event time (a replayed feed), no wall sweeps mid-run
+            "MAX_FUTURE_SKEW_MINUTES": str(FUTURE_SKEW_MINUTES),  # care-gaps: the later eras are future dates
         }
         if tracing:
             env["OTEL_SPANS_FILE"] = str(self.workdir / f"spans-{int(time.time())}.jsonl")
