@@ -166,3 +166,67 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
         q for q in by_batch if q.startswith("WITH ensured AS ( INSERT INTO encounters")]
     assert len([q for q in by_batch if q.startswith("WITH ensured AS")]) == 1
     assert [q for q in by_batch if "FROM members" in q] == ["SELECT * FROM members WHERE member_id = ANY($1::text[])"]
+
+
+async def test_a_lane_reads_the_history_near_its_events_and_the_rest_of_a_members_history_only_when_needed(
+    isolated: Any, two_schemas: Any
+) -> None:
+    topic = isolated.topic("encounters")
+
+    def admitted(member: str, encounter: str, at: str, n: int) -> ConsumerRecord:
+        return record(topic, n, member, "encounter.admitted", f"{encounter}-a01", at, encounter_id=encounter,
+                      admitted_at=at, patient_class="inpatient")
+
+    def discharged(member: str, encounter: str, admitted_at: str | None, at: str, n: int) -> ConsumerRecord:
+        return record(topic, n, member, "encounter.discharged", f"{encounter}-a03", at, encounter_id=encounter,
+                      admitted_at=admitted_at, discharged_at=at, disposition="01", patient_class="inpatient")
+
+    members = ("M-NEAR", "M-LONG")
+    enrolled = [record(isolated.topic("enrollment"), n, member, "member.enrolled", f"{member}-enrolled",
+                       "2025-01-01T09:00:00-05:00") for n, member in enumerate(members)]
+    history = [
+        # M-NEAR: a later admission arrived first (26 days after the discharge that comes in the batch) ...
+        admitted("M-NEAR", "SEG-NEAR-B", "2026-04-20T08:00:00-04:00", 0),
+        # M-LONG: a year-old stay, a December stay, and the long stay its January admission began (a readmission)
+        admitted("M-LONG", "SEG-OLD", "2025-02-20T08:00:00-05:00", 1),
+        discharged("M-LONG", "SEG-OLD", "2025-02-20T08:00:00-05:00", "2025-03-01T10:00:00-05:00", 2),
+        admitted("M-LONG", "SEG-PRIOR", "2025-12-15T08:00:00-05:00", 3),
+        discharged("M-LONG", "SEG-PRIOR", "2025-12-15T08:00:00-05:00", "2025-12-20T10:00:00-05:00", 4),
+        admitted("M-LONG", "SEG-LONG", "2026-01-02T08:00:00-05:00", 5),
+    ]
+    batch = [
+        # ... so this discharge's readmission watch closes at once, from the lane's read of nearby history.
+        admitted("M-NEAR", "SEG-NEAR-A", "2026-03-20T08:00:00-04:00", 6),
+        discharged("M-NEAR", "SEG-NEAR-A", "2026-03-20T08:00:00-04:00", "2026-03-25T11:00:00-04:00", 7),
+        # The long stay ends 82 days after it began (the A03 does not repeat the admission time): its own
+        # readmission check looks around January, outside what the lane read, and reads the whole history.
+        discharged("M-LONG", "SEG-LONG", None, "2026-03-25T11:00:00-04:00", 8),
+    ]
+    batched, one_by_one = two_schemas
+
+    def processor(pool: Any) -> BatchProcessor:
+        use_cases = CareGapsUseCases(MeasureConfig(), ClockPolicy(mode="event"), wall_clock=lambda: WALL)
+        return BatchProcessor(service="care-gaps", pool=pool, tenant="payer-test", topic_prefix=isolated.topic_prefix,
+                              handlers=use_cases.mapping(), lanes=1, after_batch=use_cases.after_batch)
+
+    await processor(batched).process(enrolled + history)
+    async with statements_sent(batched) as by_batch:
+        await processor(batched).process(batch)
+    single = processor(one_by_one)
+    for item in enrolled + history + batch:
+        await single.process([item])
+
+    async def gaps(pool: Any) -> list[tuple[Any, ...]]:
+        # (A watch the clock closed names the clock's latest event, which differs with the batching.)
+        return [tuple(r) for r in await pool.fetch(
+            "SELECT gap_id, encounter_id, measure, status, closing_rule, CASE WHEN closing_event_id LIKE"
+            " 'event-clock-%' THEN 'event-clock' ELSE closing_event_id END, not_applicable_reason"
+            " FROM gaps ORDER BY 1")]
+
+    got, expected = await gaps(batched), await gaps(one_by_one)
+    assert got == expected
+    watches = {g[1]: (g[3], g[4], g[5]) for g in expected if g[2] == "readmission_watch"}
+    assert watches["SEG-NEAR-A"] == ("closed", "unplanned_readmission", "SEG-NEAR-B-a01")
+    assert watches["SEG-PRIOR"] == ("closed", "unplanned_readmission", "SEG-LONG-a01")
+    reads = [q for q in by_batch if q.startswith("WITH ensured AS")]
+    assert len(reads) == 2, "the lane's read, then M-LONG's whole history for the check around January"

@@ -87,26 +87,58 @@ def _care_team(member: asyncpg.Record | None) -> CareTeam:
     )
 
 
-#: The lane's encounter rows (memo key): its members' encounters, read at the first need and kept current
-#: by each update, so readmission checks read them from memory.
+#: The lane's encounter rows (memo key): the encounters of the lane's events and its members' other encounters
+#: near the lane's instants, read at the first need and kept current by each update, so readmission checks
+#: read them from memory.
 _ENCOUNTER_ROWS = "encounter_rows"
-#: The members whose encounter rows are all in ``_ENCOUNTER_ROWS`` (memo key).
+#: The same rows (the same dicts) by member id (memo key).
+_ENCOUNTERS_BY_MEMBER = "encounters_by_member"
+#: Per member, the span whose discharges and inpatient admissions are all in ``_ENCOUNTER_ROWS`` (memo key;
+#: ``None``: every encounter of the member is).
 _ENCOUNTERS_OF = "encounters_of_members"
+
+_INSTANTS = ("admitted_at", "transferred_at", "discharged_at", "cancelled_at")
+
+
+def _lane_spans(events: Iterable[CloudEvent[Any]], margin: timedelta) -> dict[str, tuple[datetime, datetime]]:
+    """Per member of the lane's encounter events: from its earliest to its latest instant, widened by
+    ``margin`` on both sides."""
+    spans: dict[str, tuple[datetime, datetime]] = {}
+    for event in events:
+        data = event.data
+        if not event.type.startswith("encounter.") or event.subject != getattr(data, "member_id", None):
+            continue
+        for name in _INSTANTS:
+            instant = getattr(data, name, None)
+            if instant is not None:
+                lo, hi = spans.get(event.subject, (instant, instant))
+                spans[event.subject] = (min(lo, instant), max(hi, instant))
+    return {member: (lo - margin, hi + margin) for member, (lo, hi) in spans.items()}
 
 
 async def _load_encounters(uow: UnitOfWork, first_seen: dict[str, tuple[str, str, str]],
-                           members: set[str]) -> dict[str, dict[str, Any]]:
+                           spans: dict[str, tuple[datetime, datetime] | None]) -> dict[str, dict[str, Any]]:
     known: dict[str, dict[str, Any]] = uow.memo.setdefault(_ENCOUNTER_ROWS, {})
-    known.update(await store.lane_encounters(uow.conn, first_seen, sorted(members)))
-    uow.memo.setdefault(_ENCOUNTERS_OF, set()).update(members)
+    by_member: dict[str, dict[str, dict[str, Any]]] = uow.memo.setdefault(_ENCOUNTERS_BY_MEMBER, {})
+    for encounter_id, row in (await store.lane_encounters(uow.conn, first_seen, spans)).items():
+        # A row already in memory is the same as the database's (every update writes both): keep the one
+        # the lane's handlers hold.
+        row = known.setdefault(encounter_id, row)
+        by_member.setdefault(row["member_id"], {})[encounter_id] = row
+    uow.memo.setdefault(_ENCOUNTERS_OF, {}).update(spans)
     return known
 
 
-async def _member_encounters(uow: UnitOfWork, member_id: str) -> list[dict[str, Any]]:
-    """Every encounter row of the member, as this transaction has them (see ``_ENCOUNTER_ROWS``)."""
-    if member_id not in uow.memo.get(_ENCOUNTERS_OF, set()):
-        await _load_encounters(uow, {}, {member_id})
-    return [row for row in uow.memo[_ENCOUNTER_ROWS].values() if row["member_id"] == member_id]
+async def _member_encounters(uow: UnitOfWork, member_id: str, since: datetime,
+                             until: datetime) -> list[dict[str, Any]]:
+    """The member's encounter rows, as this transaction has them, including every one discharged or made
+    inpatient from ``since`` to ``until`` (see ``_ENCOUNTER_ROWS``); a need outside what the lane read
+    reads all of the member's."""
+    covered = uow.memo.get(_ENCOUNTERS_OF, {})
+    span = covered.get(member_id, ())
+    if span == () or (span is not None and not span[0] <= since <= until <= span[1]):
+        await _load_encounters(uow, {}, {member_id: None})
+    return list(uow.memo[_ENCOUNTERS_BY_MEMBER].get(member_id, {}).values())
 
 
 #: The lane's member rows (memo key), read for every member of the lane at the first need.
@@ -138,6 +170,9 @@ class CareGapsUseCases:
         self.config = config
         self.clock = clock
         self._now = wall_clock
+        # How far apart a discharge and an admission that readmits after it can be, as instants: the window
+        # is in local dates, so two more days cover any pair of UTC offsets.
+        self._history_margin = timedelta(days=config.readmission_window_days + 2)
 
     def mapping(self) -> Mapping[str, Handler]:
         """Event type -> handler, each followed by the event-clock step."""
@@ -209,8 +244,10 @@ class CareGapsUseCases:
                                             plan.exclusion or "criteria_no_longer_met", member)
         # Later admissions already known (out-of-order arrival) may readmit after this discharge,
         # and this encounter's own admission may readmit after an earlier one.
-        for admission in store.inpatient_admissions_after(await _member_encounters(uow, discharge.member_id),
-                                                          discharge.discharged_at):
+        # (An admission later than the readmission window can not have this discharge as its index.)
+        until = discharge.discharged_at + self._history_margin
+        nearby = await _member_encounters(uow, discharge.member_id, discharge.discharged_at, until)
+        for admission in store.inpatient_admissions_after(nearby, discharge.discharged_at, until):
             await self._apply_readmission(uow, event, discharge.member_id, admission["encounter_id"],
                                           admission["inpatient_since"], admission["admit_event_id"] or event.id)
         if discharge.patient_class == PatientClass.INPATIENT:
@@ -436,16 +473,16 @@ class CareGapsUseCases:
             # every other encounter of the lane's members, at once (a row created early is invisible:
             # it has no admission or discharge yet).
             first_seen: dict[str, tuple[str, str, str]] = {}
-            members: set[str] = set()
+            spans: dict[str, tuple[datetime, datetime] | None] = {}
             if known is None:
                 for other in uow.events:
                     data = other.data
                     if other.type.startswith("encounter.") and other.subject == getattr(data, "member_id", None):
                         first_seen.setdefault(data.encounter_id, (data.member_id, other.tenant,
                                                                   data.patient_class.value))
-                members = subjects(uow.events)
+                spans.update(_lane_spans(uow.events, self._history_margin))
             first_seen.setdefault(encounter_id, (member_id, event.tenant, patient_class.value))
-            known = await _load_encounters(uow, first_seen, members)
+            known = await _load_encounters(uow, first_seen, spans)
         encounter = dict(known[encounter_id])
         if encounter["member_id"] != member_id:
             raise Rejected("encounter_member_mismatch", "the encounter id is known for another member")
@@ -539,7 +576,8 @@ class CareGapsUseCases:
         """HEDIS PCR/TRC: an inpatient admission within 30 days of the last discharge closes that
         discharge's watch as a readmission (unless planned) and retires its follow-up gaps."""
         prior = [PriorDischarge(r["encounter_id"], r["discharged_at"], r["disposition"])
-                 for r in store.member_discharges(await _member_encounters(uow, member_id))]
+                 for r in store.member_discharges(await _member_encounters(
+                     uow, member_id, admitted_at - self._history_margin, admitted_at))]
         index = index_discharge_for(admission_encounter_id, admitted_at, prior, self.config)
         if index is None:
             return

@@ -101,25 +101,27 @@ async def upsert_care_team(conn: asyncpg.Connection, member_id: str, tenant: str
 
 
 # --------------------------------------------------------------------------- encounters
-async def get_encounter(conn: asyncpg.Connection, encounter_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM encounters WHERE encounter_id = $1", encounter_id)
-
-
 async def lane_encounters(conn: asyncpg.Connection, first_seen: dict[str, tuple[str, str, str]],
-                          member_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+                          spans: Mapping[str, tuple[datetime, datetime] | None]) -> dict[str, dict[str, Any]]:
     """In one statement: create the missing encounters of ``first_seen`` (``encounter_id -> (member_id,
-    tenant, patient_class)``, each with its first known values) and return their rows and every other
-    encounter row of ``member_ids``, as dicts by encounter id."""
+    tenant, patient_class)``, each with its first known values) and return their rows and the other
+    encounter rows of the members in ``spans`` that were discharged or became inpatient within the member's
+    span (``None``: every row of the member), as dicts by encounter id."""
     ids = list(first_seen)
+    members = list(spans)
     rows = await conn.fetch(
         "WITH ensured AS ("
         " INSERT INTO encounters(encounter_id, member_id, tenant, patient_class)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
         " ON CONFLICT (encounter_id) DO UPDATE SET encounter_id = excluded.encounter_id RETURNING *)"
         " SELECT * FROM ensured"
-        " UNION ALL SELECT * FROM encounters WHERE member_id = ANY($5::text[]) AND encounter_id <> ALL($1::text[])",
+        " UNION ALL SELECT e.* FROM encounters e"
+        " JOIN unnest($5::text[], $6::timestamptz[], $7::timestamptz[]) AS s(member_id, lo, hi)"
+        " ON e.member_id = s.member_id"
+        " WHERE e.encounter_id <> ALL($1::text[]) AND (s.lo IS NULL OR e.discharged_at BETWEEN s.lo AND s.hi"
+        " OR e.inpatient_since BETWEEN s.lo AND s.hi)",
         ids, [first_seen[i][0] for i in ids], [first_seen[i][1] for i in ids], [first_seen[i][2] for i in ids],
-        list(member_ids),
+        members, [(spans[m] or (None, None))[0] for m in members], [(spans[m] or (None, None))[1] for m in members],
     )
     return {row["encounter_id"]: dict(row) for row in rows}
 
@@ -130,10 +132,13 @@ def member_discharges(encounters: Iterable[Mapping[str, Any]]) -> list[Mapping[s
             and (e["discharge_cancelled_at"] is None or e["discharged_at"] > e["discharge_cancelled_at"])]
 
 
-def inpatient_admissions_after(encounters: Iterable[Mapping[str, Any]], after: datetime) -> list[Mapping[str, Any]]:
-    """Of a member's encounter rows: the not cancelled inpatient admissions that started after ``after``."""
+def inpatient_admissions_after(encounters: Iterable[Mapping[str, Any]], after: datetime,
+                               until: datetime | None = None) -> list[Mapping[str, Any]]:
+    """Of a member's encounter rows: the not cancelled inpatient admissions that started after ``after``
+    (and no later than ``until``)."""
     return sorted((e for e in encounters if e["inpatient_since"] is not None and e["inpatient_since"] > after
-                   and e["admit_cancelled_at"] is None), key=lambda e: e["inpatient_since"])
+                   and (until is None or e["inpatient_since"] <= until) and e["admit_cancelled_at"] is None),
+                  key=lambda e: e["inpatient_since"])
 
 
 async def update_encounter(conn: asyncpg.Connection, encounter_id: str, **columns: Any) -> None:
