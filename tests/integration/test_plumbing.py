@@ -161,3 +161,28 @@ async def test_service_shuts_down_gracefully_on_sigterm_and_resumes_where_it_lef
         await conn.close()
         assert service.terminate(timeout=20) == 0
     assert len(await read_topics(isolated, ["notifications"], 101, timeout=5)) == 100
+
+
+async def test_a_pooled_connection_comes_back_without_the_reset_round_trip_and_without_an_open_transaction(
+    isolated: Any,
+) -> None:
+    from cth_shared.db import create_pool
+    from cth_shared.testing import statements_sent
+
+    pool = await create_pool(isolated.database_url, schema="pool_probe", application_name="pool-probe", max_size=1)
+    try:
+        await pool.execute("CREATE TABLE IF NOT EXISTS probe(n int)")
+        async with statements_sent(pool) as sent:
+            async with pool.acquire() as conn:
+                tx = conn.transaction()
+                await tx.start()
+                await conn.execute("INSERT INTO probe VALUES (1)")
+                # released with the transaction still open (a handler that forgot it)
+            async with pool.acquire() as conn:
+                assert not conn.is_in_transaction()
+                assert await conn.fetchval("SELECT count(*) FROM probe") == 0, "rolled back on release"
+                assert await conn.fetchval("SHOW search_path") == "pool_probe,public"
+        assert "ROLLBACK" in sent
+        assert not [q for q in sent if q.startswith("RESET ALL")], sent
+    finally:
+        await pool.close()

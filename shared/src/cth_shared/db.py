@@ -33,9 +33,19 @@ async def create_pool(
         max_size=max_size,
         server_settings={"search_path": f"{schema},public", "application_name": application_name},
         command_timeout=60,
+        reset=keep_session,
     )
     assert pool is not None
     return pool
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Release a pooled connection without asyncpg's reset query (``RESET ALL; UNLISTEN *;
+    pg_advisory_unlock_all(); CLOSE ALL``): one round trip less per transaction. Nothing in this code base
+    leaves session state on a pooled connection: asyncpg still rolls back a transaction left open,
+    settings are ``SET LOCAL``, advisory locks are transaction-scoped (the migration lock is released by its
+    own ``finally``), and LISTEN has a connection of its own (notifications' alert hub)."""
+    return None
 
 
 def _check_schema(schema: str) -> None:
