@@ -86,6 +86,42 @@ async def test_lanes_keep_each_members_order_apply_serial_topics_first_and_apply
     assert await pool.fetchval("SELECT count(*) FROM inbox") == 401
 
 
+async def test_a_small_batch_uses_fewer_lanes_and_the_relay_is_woken_only_when_the_batch_wrote_to_the_outbox(
+    isolated: Any, pool: Any
+) -> None:
+    async def on_member(uow: Any, event: Any) -> None:
+        await uow.conn.execute("INSERT INTO trail(member_id, event_id, saw_provider) VALUES ($1, $2, false)",
+                               event.subject, event.id)
+        if event.data.plan_id == "PLAN-ANNOUNCED":
+            uow.publish(event.data, subject=event.subject)
+
+    wakes: list[int] = []
+    processor = BatchProcessor(service="echo", pool=pool, tenant="t", topic_prefix=isolated.topic_prefix,
+                               handlers={"member.enrolled": on_member}, lanes=LANES, lane_min_records=8,
+                               after_commit=lambda: wakes.append(1))
+    topic = isolated.topic("enrollment")
+    members = [f"M-FLOOR-{i:03d}" for i in range(40)]
+
+    def batch(size: int, tag: str) -> list[ConsumerRecord]:
+        return [record(topic, i, m, enrolled(m, f"{m}-{tag}")) for i, m in enumerate(members[:size])]
+
+    async def transactions(tag: str) -> int:
+        return int(await pool.fetchval("SELECT count(DISTINCT txid) FROM trail WHERE event_id LIKE $1", f"%-{tag}"))
+
+    await processor.process(batch(7, "seven"))  # fewer than 2 x 8: one lane
+    await processor.process(batch(17, "seventeen"))  # 2 lanes of about 8
+    await processor.process(batch(40, "forty"))  # 40 // 8 = 5, at most LANES
+    assert [await transactions(t) for t in ("seven", "seventeen", "forty")] == [1, 2, LANES]
+    assert wakes == [], "nothing was written to the outbox: the relay's poll is enough"
+
+    data = MemberEnrolled.model_validate(dict(EXAMPLES["member.enrolled"], member_id="M-FLOOR-X",
+                                              plan_id="PLAN-ANNOUNCED"))
+    value = new_event(data, subject="M-FLOOR-X", source="urn:test", tenant="t", event_id="announce").to_json_bytes()
+    await processor.process([record(topic, 99, "M-FLOOR-X", value)])
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+    assert wakes == [1]
+
+
 async def test_a_lane_that_deadlocks_is_retried_alone_and_nothing_is_applied_twice(isolated: Any, pool: Any) -> None:
     first, second = keys_in_distinct_lanes(2, LANES)
     order = {first: ("a", "b"), second: ("b", "a")}  # opposite lock order: a deadlock

@@ -129,6 +129,7 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
         max_event_bytes=settings.max_event_bytes,
         after_commit=relay.wake,
         lanes=settings.consumer_lanes,
+        lane_min_records=settings.consumer_lane_min_records,
         serial_topics=frozenset(t.name for t in all_topic_specs(settings.topic_prefix) if t.key != "member_id"),
         after_batch=definition.after_batch,
     )

@@ -59,6 +59,10 @@ class ServiceSettings(StackSettings):
         4, ge=1, le=32, description="Member-keyed lanes of a batch applied concurrently, each in its own "
         "transaction and connection (a member's events always share a lane); 1 = the batch in one transaction",
     )
+    consumer_lane_min_records: int = Field(
+        16, ge=1, description="Fewest records per lane: a smaller batch uses fewer lanes (each lane costs a "
+        "transaction, its reads and its writes, so lanes of one or two events cost more than they overlap)",
+    )
     relay_batch_size: int = 500
     relay_poll_interval_ms: int = Field(200, description="Relay poll when no local commit woke it")
     max_event_bytes: int = 1_048_576
