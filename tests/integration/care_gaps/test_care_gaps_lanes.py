@@ -108,8 +108,9 @@ async def two_schemas(isolated: Any) -> Any:
         await pool.close()
 
 
+@pytest.mark.parametrize("refused", [False, True], ids=["clean", "one-event-refused"])
 async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outcome_of_one_event_at_a_time(
-    isolated: Any, two_schemas: Any
+    isolated: Any, two_schemas: Any, refused: bool
 ) -> None:
     def encounters(member: str, n: int) -> list[ConsumerRecord]:
         topic = isolated.topic("encounters")
@@ -132,6 +133,14 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     enrolled = [record(isolated.topic("enrollment"), n, member, "member.enrolled", f"{member}-enrolled",
                        "2026-03-01T09:00:00-05:00") for n, member in enumerate(members)]
     batch = [r for n, member in enumerate(members) for r in encounters(member, n)]
+    # An event naming another member's encounter is refused: the batch is redone event by event
+    # (a savepoint each, the lane's deferred writes at the end of each), and every other event still
+    # comes out as one at a time.
+    if refused:
+        batch.insert(5, record(isolated.topic("encounters"), 9, "M-ENC-B", "encounter.discharged", "B-names-A",
+                               "2026-03-26T11:00:00-05:00", encounter_id="SEG-M-ENC-A-1",
+                               admitted_at="2026-03-20T08:00:00-05:00", discharged_at="2026-03-26T11:00:00-05:00",
+                               disposition="01", patient_class="inpatient"))
     batched, one_by_one = two_schemas
 
     def processor(pool: Any) -> BatchProcessor:
@@ -158,6 +167,11 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     got, expected = await tables(batched), await tables(one_by_one)
     assert got == expected
     assert len(expected["encounters"]) == 6
+    for pool in two_schemas:
+        assert [r["reason"] for r in await pool.fetch("SELECT reason FROM dead_letters")] == (
+            ["encounter_member_mismatch"] if refused else [])
+    if refused:
+        return  # (the isolated pass reads again; the statement counts below are the optimistic pass's)
     watches = {g[1]: g[3] for g in expected["gaps"] if g[2] == "readmission_watch"}
     assert watches["SEG-M-ENC-A-1"] == watches["SEG-M-ENC-C-1"] == "closed"  # readmitted within 30 days
     assert max(g[5] for g in expected["gaps"]) > 0  # the members' risk ranked their gaps
@@ -165,6 +179,8 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     assert [q for q in by_batch if "FROM encounters" in q or "INTO encounters" in q] == [
         q for q in by_batch if q.startswith("WITH ensured AS ( INSERT INTO encounters")]
     assert len([q for q in by_batch if q.startswith("WITH ensured AS")]) == 1
+    # and one writes every encounter row the lane changed, at its end
+    assert len([q for q in by_batch if q.startswith("UPDATE encounters")]) == 1
     assert [q for q in by_batch if "FROM members" in q] == ["SELECT * FROM members WHERE member_id = ANY($1::text[])"]
 
 

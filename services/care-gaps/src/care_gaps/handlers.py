@@ -98,6 +98,13 @@ _ENCOUNTERS_BY_MEMBER = "encounters_by_member"
 _ENCOUNTERS_OF = "encounters_of_members"
 
 _INSTANTS = ("admitted_at", "transferred_at", "discharged_at", "cancelled_at")
+#: Deferred work (see ``UnitOfWork.defer``): encounter rows changed in the lane.
+_ENCOUNTER_WRITES = "encounter-writes"
+
+
+async def _save_encounters(uow: UnitOfWork, rows: list[dict[str, Any]]) -> None:
+    latest = {row["encounter_id"]: row for row in rows}  # each changed row once, as it ends up
+    await store.save_encounters(uow.conn, list(latest.values()))
 
 
 def _lane_spans(events: Iterable[CloudEvent[Any]], margin: timedelta) -> dict[str, tuple[datetime, datetime]]:
@@ -489,10 +496,12 @@ class CareGapsUseCases:
         return encounter
 
     async def _update_encounter(self, uow: UnitOfWork, encounter_id: str, **columns: Any) -> None:
-        await store.update_encounter(uow.conn, encounter_id, **columns)
-        row = uow.memo.get(_ENCOUNTER_ROWS, {}).get(encounter_id)
-        if row is not None:
-            row.update(columns)
+        """Change the encounter's row in the lane's memory; the lane writes its changed rows in one statement
+        at its end (nothing in the lane reads encounters from the table but the lane's own read, which keeps
+        the rows it holds). In the isolated pass the write ends each event's savepoint."""
+        row = uow.memo[_ENCOUNTER_ROWS][encounter_id]  # _encounter() put it there
+        row.update(columns)
+        uow.defer(_ENCOUNTER_WRITES, row, _save_encounters, per_event_when_isolated=True)
 
     async def _reconcile_gaps(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str,
                               facts: DischargeFacts, windows: Iterable[Any], retract_reason: str,

@@ -141,11 +141,27 @@ def inpatient_admissions_after(encounters: Iterable[Mapping[str, Any]], after: d
                   key=lambda e: e["inpatient_since"])
 
 
-async def update_encounter(conn: asyncpg.Connection, encounter_id: str, **columns: Any) -> None:
-    names = list(columns)
-    assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
-    await conn.execute(f"UPDATE encounters SET {assignments} WHERE encounter_id = $1",
-                       encounter_id, *(columns[n] for n in names))
+#: The encounter columns the handlers change (all but the id, the member and the tenant), with their types.
+ENCOUNTER_STATE = (
+    ("patient_class", "text"), ("admitted_at", "timestamptz"), ("inpatient_since", "timestamptz"),
+    ("admit_event_id", "text"), ("admit_fact_time", "timestamptz"), ("admit_cancelled_at", "timestamptz"),
+    ("discharged_at", "timestamptz"), ("discharge_offset_min", "integer"), ("disposition", "text"),
+    ("discharge_event_id", "text"), ("discharge_fact_time", "timestamptz"), ("discharge_cancelled_at", "timestamptz"),
+)
+
+
+async def save_encounters(conn: asyncpg.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write the state columns (:data:`ENCOUNTER_STATE`) of existing encounter rows, in one statement."""
+    if not rows:
+        return
+    unnested = ", ".join(f"${i + 2}::{kind}[]" for i, (_, kind) in enumerate(ENCOUNTER_STATE))
+    names = ", ".join(name for name, _ in ENCOUNTER_STATE)
+    assignments = ", ".join(f"{name} = s.{name}" for name, _ in ENCOUNTER_STATE)
+    await conn.execute(
+        f"UPDATE encounters e SET {assignments} FROM unnest($1::text[], {unnested}) AS s(encounter_id, {names})"
+        " WHERE e.encounter_id = s.encounter_id",
+        [row["encounter_id"] for row in rows], *([row[name] for row in rows] for name, _ in ENCOUNTER_STATE),
+    )
 
 
 # --------------------------------------------------------------------------- gaps
