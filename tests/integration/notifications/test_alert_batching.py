@@ -170,3 +170,18 @@ async def test_a_lane_of_admissions_reads_once_and_writes_once_per_table(
     assert count("SELECT member_id, encounter_id, discharged_at FROM member_discharges") == 1  # readmission check
     assert await pool.fetchval("SELECT count(*) FROM notifications WHERE encounter_id LIKE 'SEG-M%'") == 60
     assert await pool.fetchval("SELECT count(*) FROM alert_facts WHERE subject_key LIKE 'SEG-M%'") == 20
+
+
+async def test_a_lane_of_discharges_records_them_in_one_statement(isolated: Any, pools: list[asyncpg.Pool]) -> None:
+    pool = pools[0]
+    members = [f"M{i:06d}" for i in range(200, 220)]
+    teams = [("attribution", m, event_bytes("attribution.changed", event_id=f"team-{m}", member_id=m)) for m in members]
+    discharges = [("encounters", m, event_bytes("encounter.discharged", event_id=f"dis-{m}", member_id=m,
+                                                encounter_id=f"SEG-D-{m}")) for m in members]
+    run = processor(pool, isolated)
+    await run.process(records(isolated.topic_prefix, teams))
+    async with statements_sent(pool) as sent:
+        await run.process(records(isolated.topic_prefix, discharges))
+
+    assert sum(1 for q in sent if "member_discharges" in q) == 2, "one read, one write"
+    assert await pool.fetchval("SELECT count(*) FROM member_discharges WHERE encounter_id LIKE 'SEG-D-%'") == 20

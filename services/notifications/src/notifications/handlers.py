@@ -91,6 +91,8 @@ async def _subscriptions(uow: UnitOfWork, organizations: Sequence[str]) -> list[
 _CARE_TEAMS = "care_team_histories"
 _CANCELS = "encounter_cancels"
 _DISCHARGES = "member_discharges"
+#: Deferred work (see ``UnitOfWork.defer``): discharges recorded or forgotten in the lane.
+_DISCHARGE_WRITES = "discharge-writes"
 _ENCOUNTERS = "notifications.encounters"
 
 
@@ -147,17 +149,20 @@ async def _discharges(uow: UnitOfWork, member_id: str) -> dict[str, datetime]:
 
 
 async def _record_discharge(uow: UnitOfWork, member_id: str, encounter_id: str, discharged_at: datetime) -> None:
-    await store.record_discharge(uow.conn, member_id, encounter_id, discharged_at)
-    known = uow.memo.get(_DISCHARGES, {}).get(member_id)
-    if known is not None:
-        known[encounter_id] = discharged_at
+    (await _discharges(uow, member_id))[encounter_id] = discharged_at
+    uow.defer(_DISCHARGE_WRITES, (member_id, encounter_id, discharged_at), _save_discharges,
+              per_event_when_isolated=True)
 
 
 async def _forget_discharge(uow: UnitOfWork, member_id: str, encounter_id: str) -> None:
-    await store.forget_discharge(uow.conn, member_id, encounter_id)
-    known = uow.memo.get(_DISCHARGES, {}).get(member_id)
-    if known is not None:
-        known.pop(encounter_id, None)
+    (await _discharges(uow, member_id)).pop(encounter_id, None)
+    uow.defer(_DISCHARGE_WRITES, (member_id, encounter_id, None), _save_discharges, per_event_when_isolated=True)
+
+
+async def _save_discharges(uow: UnitOfWork, changes: list[tuple[str, str, datetime | None]]) -> None:
+    """The lane's recorded and forgotten discharges in one statement (the last change of each wins); the
+    lane reads them from :func:`_discharges`, which holds them since the first need."""
+    await store.save_discharges(uow.conn, {(member, encounter): at for member, encounter, at in changes})
 
 
 async def _finish_new_alerts(uow: UnitOfWork, alerts: list[_NewAlert]) -> None:

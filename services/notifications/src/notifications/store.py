@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -166,19 +166,21 @@ async def discharges_of(conn: asyncpg.Connection, member_ids: Sequence[str]) -> 
     return _nested(rows, "member_id", "encounter_id", "discharged_at")
 
 
-async def record_discharge(
-    conn: asyncpg.Connection, member_id: str, encounter_id: str, discharged_at: datetime
-) -> None:
+async def save_discharges(conn: asyncpg.Connection, changes: Mapping[tuple[str, str], datetime | None]) -> None:
+    """Record ``(member, encounter) -> discharged_at`` (``None``: forget the discharge), in one statement."""
+    if not changes:
+        return
+    keys = list(changes)
     await conn.execute(
-        "INSERT INTO member_discharges(member_id, encounter_id, discharged_at) VALUES ($1, $2, $3)"
+        "WITH s AS (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])"
+        " AS s(member_id, encounter_id, discharged_at)),"
+        " forgotten AS (DELETE FROM member_discharges d USING s WHERE s.discharged_at IS NULL"
+        " AND d.member_id = s.member_id AND d.encounter_id = s.encounter_id)"
+        " INSERT INTO member_discharges(member_id, encounter_id, discharged_at)"
+        " SELECT * FROM s WHERE discharged_at IS NOT NULL"
         " ON CONFLICT (member_id, encounter_id) DO UPDATE SET discharged_at = excluded.discharged_at",
-        member_id, encounter_id, discharged_at,
+        [m for m, _ in keys], [e for _, e in keys], [changes[k] for k in keys],
     )
-
-
-async def forget_discharge(conn: asyncpg.Connection, member_id: str, encounter_id: str) -> None:
-    await conn.execute("DELETE FROM member_discharges WHERE member_id = $1 AND encounter_id = $2",
-                       member_id, encounter_id)
 
 
 # --------------------------------------------------------------------------- subscriptions
