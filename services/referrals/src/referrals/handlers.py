@@ -9,9 +9,9 @@ discharge cancels its referrals), ``encounter.admitted`` / ``encounter.discharge
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from cth_shared.contracts import (
@@ -52,6 +52,29 @@ def _candidate(candidate: ScoredCandidate) -> RoutingCandidate:
     return RoutingCandidate(npi=candidate.npi, tin=candidate.tin, tier=candidate.tier, score=candidate.score,
                             components=candidate.components,  # type: ignore[arg-type]
                             distance_km=candidate.distance_km, virtual=candidate.virtual)
+
+
+#: Memo: per encounter of the lane's discharges and cancels, whether it may have an open or unroutable
+#: discharge referral (read once for all of them at the first need; a referral the lane creates or reopens
+#: sets its encounter's entry), so a discharge with nothing to cancel sends no UPDATE.
+_CANCELLABLE = "cancellable_encounters"
+
+
+def _discharge_encounters(events: Sequence[CloudEvent[Any]]) -> set[str]:
+    return {e.data.encounter_id for e in events if e.type in ("encounter.discharged", "encounter.cancelled")}
+
+
+async def _cancel_discharge_referrals(uow: UnitOfWork, encounter_id: str, member_id: str, keep: str | None,
+                                      at: datetime, reason: str) -> None:
+    cancellable = await uow.read_for_lane(
+        _CANCELLABLE, encounter_id, _discharge_encounters,
+        lambda ids: store.encounters_with_cancellable_referrals(uow.conn, ids), lambda: False)
+    if cancellable:
+        await store.cancel_discharge_referrals(uow.conn, encounter_id, member_id, keep, at, reason)
+
+
+def _may_cancel(uow: UnitOfWork, encounter_id: str) -> None:
+    uow.memo.setdefault(_CANCELLABLE, {})[encounter_id] = True
 
 
 class ReferralHandlers:
@@ -124,8 +147,8 @@ class ReferralHandlers:
         discharge: EncounterDischarged = event.data
         service = POST_ACUTE_SERVICE_BY_DISCHARGE.get(discharge_category(discharge.disposition))
         keep = str(service) if service is not None else None
-        await store.cancel_discharge_referrals(uow.conn, discharge.encounter_id, discharge.member_id, keep,
-                                               event.time, "disposition_changed")
+        await _cancel_discharge_referrals(uow, discharge.encounter_id, discharge.member_id, keep, event.time,
+                                          "disposition_changed")
         await self._facility_evidence(uow, event, discharge.member_id, discharge.facility.npi,
                                       discharge.facility.tin, discharge.discharged_at.date(), discharge.encounter_id)
         if keep is None:
@@ -138,20 +161,22 @@ class ReferralHandlers:
             requested_at=discharge.discharged_at, source_event_id=event.id,
         )
         if await store.insert_referral(uow.conn, referral):
+            _may_cancel(uow, discharge.encounter_id)
             await self._route(uow, referral)
             return
         state = await store.referral_state(uow.conn, referral.referral_id)
         reopened = state is not None and state["status"] == "cancelled" and state["closed_at"] is not None
         if reopened and event.time > state["closed_at"]:  # type: ignore[index]
             await store.reopen_referral(uow.conn, referral)  # discharged again after an A13 cancel
+            _may_cancel(uow, discharge.encounter_id)
             await self._route(uow, referral)
 
     async def encounter_cancelled(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
         """A cancelled discharge (A13) cancels the referrals it created and releases their capacity."""
         cancelled: EncounterCancelled = event.data
         if cancelled.cancels == "discharge":
-            await store.cancel_discharge_referrals(uow.conn, cancelled.encounter_id, cancelled.member_id, None,
-                                                   cancelled.cancelled_at, "discharge_cancelled")
+            await _cancel_discharge_referrals(uow, cancelled.encounter_id, cancelled.member_id, None,
+                                              cancelled.cancelled_at, "discharge_cancelled")
 
     async def _route(self, uow: UnitOfWork, referral: store.NewReferral) -> None:
         service = referral.service_category

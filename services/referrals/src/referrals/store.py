@@ -206,6 +206,17 @@ async def record_unroutable(conn: asyncpg.Connection, referral_id: str, network_
     )
 
 
+async def encounters_with_cancellable_referrals(conn: asyncpg.Connection, encounter_ids: Sequence[str]
+                                                ) -> dict[str, bool]:
+    """Of ``encounter_ids``, those with an open or unroutable discharge referral (-> True), in one read."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT encounter_id FROM referrals WHERE origin = 'discharge' AND encounter_id = ANY($1::text[])"
+        " AND status IN ('open', 'unroutable')",
+        list(encounter_ids),
+    )
+    return {row["encounter_id"]: True for row in rows}
+
+
 async def cancel_discharge_referrals(conn: asyncpg.Connection, encounter_id: str, member_id: str,
                                      keep_service: str | None, at: datetime, reason: str) -> list[str]:
     """Cancel the open/unroutable discharge referrals of an encounter (except ``keep_service``);
