@@ -179,6 +179,11 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     assert [q for q in by_batch if "FROM encounters" in q or "INTO encounters" in q] == [
         q for q in by_batch if q.startswith("WITH ensured AS ( INSERT INTO encounters")]
     assert len([q for q in by_batch if q.startswith("WITH ensured AS")]) == 1
+    # one reads the gaps of the lane's encounters and the active gaps of its members; each discharge then
+    # opens its gaps in one statement
+    assert len([q for q in by_batch if q.startswith("SELECT gap_id") and "encounter_id = ANY" in q]) == 1
+    assert not [q for q in by_batch if q.startswith("SELECT gap_id") and "WHERE member_id = $1" in q]
+    assert len([q for q in by_batch if q.startswith("INSERT INTO gaps")]) == len(members)
     # and one writes every encounter row the lane changed, at its end
     assert len([q for q in by_batch if q.startswith("UPDATE encounters")]) == 1
     assert [q for q in by_batch if "FROM members" in q] == ["SELECT * FROM members WHERE member_id = ANY($1::text[])"]

@@ -148,6 +148,78 @@ async def _member_encounters(uow: UnitOfWork, member_id: str, since: datetime,
     return list(uow.memo[_ENCOUNTERS_BY_MEMBER].get(member_id, {}).values())
 
 
+class _LaneGaps:
+    """The lane's gap rows (memo ``_GAP_ROWS``): every gap of the encounters in ``encounters`` and the
+    active gaps of the members in ``members``, read at the first need for all of the lane's encounters
+    and members at once, and kept current by every write (each returns the rows it changed)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.by_encounter: dict[str, dict[str, dict[str, Any]]] = {}
+        self.by_member: dict[str, dict[str, dict[str, Any]]] = {}
+        self.encounters: set[str] = set()
+        self.members: set[str] = set()
+
+    def put(self, row: Mapping[str, Any], *, written: bool) -> dict[str, Any]:
+        """Hold ``row``; a read does not replace a row the lane holds (its writes keep that one current)."""
+        held = self.rows.get(row["gap_id"])
+        if held is not None and not written:
+            return held
+        kept = dict(row)
+        self.rows[kept["gap_id"]] = kept
+        self.by_encounter.setdefault(kept["encounter_id"], {})[kept["gap_id"]] = kept
+        self.by_member.setdefault(kept["member_id"], {})[kept["gap_id"]] = kept
+        return kept
+
+    def of_encounter(self, encounter_id: str) -> dict[str, dict[str, Any]]:
+        return {row["measure"]: row for row in self.by_encounter.get(encounter_id, {}).values()}
+
+    def active_of(self, member_id: str) -> list[dict[str, Any]]:
+        return sorted((row for row in self.by_member.get(member_id, {}).values() if row["status"] in store.ACTIVE),
+                      key=lambda row: (row["due_date"], row["gap_id"]))
+
+
+_GAP_ROWS = "gap_rows"
+
+
+async def _lane_gaps(uow: UnitOfWork, encounter_id: str | None = None, member_id: str | None = None) -> _LaneGaps:
+    """The lane's gaps, with ``encounter_id``'s and ``member_id``'s active ones among them."""
+    gaps: _LaneGaps | None = uow.memo.get(_GAP_ROWS)
+    encounters: set[str] = set()
+    members: set[str] = set()
+    if gaps is None:
+        gaps = uow.memo[_GAP_ROWS] = _LaneGaps()
+        encounters = {e.data.encounter_id for e in uow.events
+                      if e.type.startswith("encounter.") and getattr(e.data, "encounter_id", None)}
+        members = subjects(uow.events)
+    if encounter_id is not None and encounter_id not in gaps.encounters:
+        encounters.add(encounter_id)
+    if member_id is not None and member_id not in gaps.members:
+        members.add(member_id)
+    if encounters or members:
+        for row in await store.lane_gaps(uow.conn, sorted(encounters), sorted(members)):
+            gaps.put(row, written=False)
+        gaps.encounters |= encounters
+        gaps.members |= members
+    return gaps
+
+
+async def _gaps_of_encounter(uow: UnitOfWork, encounter_id: str) -> dict[str, dict[str, Any]]:
+    """Every gap of the encounter (measure -> row), as this transaction has them."""
+    return (await _lane_gaps(uow, encounter_id=encounter_id)).of_encounter(encounter_id)
+
+
+async def _active_gaps(uow: UnitOfWork, member_id: str) -> list[dict[str, Any]]:
+    """The member's open and overdue gaps by due date, as this transaction has them."""
+    return (await _lane_gaps(uow, member_id=member_id)).active_of(member_id)
+
+
+def _written(uow: UnitOfWork, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows a write returned: the lane holds them from now on (when it holds gaps at all)."""
+    gaps: _LaneGaps | None = uow.memo.get(_GAP_ROWS)
+    return [gaps.put(row, written=True) if gaps is not None else dict(row) for row in rows]
+
+
 #: The lane's member rows (memo key), read for every member of the lane at the first need.
 _MEMBER_ROWS = "member_rows"
 
@@ -508,7 +580,7 @@ class CareGapsUseCases:
                               member: asyncpg.Record | None) -> list[str]:
         """Make the encounter's gaps match the plan: open new ones, re-window changed open ones,
         retract active ones the plan no longer contains. Returns ids to announce as opened."""
-        existing = await store.gaps_of_encounter(uow.conn, facts.encounter_id)
+        existing = await _gaps_of_encounter(uow, facts.encounter_id)
         owner: Owner = gap_owner(_care_team(member))
         offset = _offset_of(facts.discharged_at)
         to_open: list[store.NewGap] = []
@@ -530,7 +602,7 @@ class CareGapsUseCases:
                 overdue_at=overdue_at(window.due_date, offset), owner_role=owner.role, owner_id=owner.id,
                 opened_event_id=event.id,
             ))
-        await store.open_gaps(uow.conn, to_open)
+        _written(uow, await store.open_gaps(uow.conn, to_open))
         to_announce = [gap.gap_id for gap in to_open]
         stale = [row["gap_id"] for measure, row in existing.items()
                  if measure not in planned and row["status"] in store.ACTIVE]
@@ -547,7 +619,7 @@ class CareGapsUseCases:
         """Close active gaps of the member that stored evidence satisfies (earliest evidence wins).
         ``announce_first``: gaps just opened, announced with the member's refreshed priority (read
         with ``member``, the member's row as the caller read it in this transaction)."""
-        active = await store.active_gaps_of_member(uow.conn, member_id)
+        active = await _active_gaps(uow, member_id)
         gaps = [g for g in active
                 if g["measure"] != GapMeasure.READMISSION_WATCH.value and (only is None or g["gap_id"] in only)]
         announced = False
@@ -574,6 +646,7 @@ class CareGapsUseCases:
                 closed = await store.close_gap(uow.conn, gap["gap_id"], closed_at=occurred_at,
                                                closing_event_id=item.source_event_id, closing_rule=rule)
                 if closed is not None:
+                    _written(uow, [closed])
                     self._publish_closed(uow, closed)
                     closed_any = True
                 break
@@ -590,7 +663,7 @@ class CareGapsUseCases:
         index = index_discharge_for(admission_encounter_id, admitted_at, prior, self.config)
         if index is None:
             return
-        gaps = await store.gaps_of_encounter(uow.conn, index.encounter_id)
+        gaps = await _gaps_of_encounter(uow, index.encounter_id)
         follow_ups = [row["gap_id"] for m, row in gaps.items()
                       if m != GapMeasure.READMISSION_WATCH.value and row["status"] in store.ACTIVE]
         if follow_ups:
@@ -604,19 +677,20 @@ class CareGapsUseCases:
                                        closing_event_id=admission_event_id, closing_rule=UNPLANNED_READMISSION_RULE,
                                        allowed_statuses=("open", "overdue", "closed"))
         if closed is not None:
+            _written(uow, [closed])
             self._publish_closed(uow, closed)
         await self._refresh_priority(uow, member_id, event.time.date())
 
     async def _retract_encounter(self, uow: UnitOfWork, event: CloudEvent[Any], encounter_id: str,
                                  reason: str) -> None:
-        gaps = await store.gaps_of_encounter(uow.conn, encounter_id)
+        gaps = await _gaps_of_encounter(uow, encounter_id)
         ids = [row["gap_id"] for row in gaps.values() if row["status"] != "not_applicable"]
         if ids:
             await self._retract(uow, event, ids, reason, statuses=("open", "overdue", "closed"))
 
     async def _retract(self, uow: UnitOfWork, event: CloudEvent[Any], gap_ids: list[str], reason: str,
                        statuses: tuple[str, ...] = store.ACTIVE) -> None:
-        rows = await store.mark_not_applicable(uow.conn, gap_ids, reason, statuses)
+        rows = _written(uow, await store.mark_not_applicable(uow.conn, gap_ids, reason, statuses))
         published_reason = reason if reason in _CONTRACT_REASONS else "encounter_cancelled"
         member_ids = set()
         for row in sorted(rows, key=lambda r: r["gap_id"]):
@@ -629,14 +703,18 @@ class CareGapsUseCases:
             await self._refresh_priority(uow, member_id, event.time.date())
 
     async def _disenroll(self, uow: UnitOfWork, event: CloudEvent[Any], member_id: str, termination: date) -> None:
-        active = await store.active_gaps_of_member(uow.conn, member_id)
+        active = await _active_gaps(uow, member_id)
         ids = [g["gap_id"] for g in active if g["due_date"] > termination]
         if ids:
             await self._retract(uow, event, ids, "disenrolled")
 
     async def _refresh_owner(self, uow: UnitOfWork, member_id: str) -> None:
         owner = gap_owner(_care_team(await _member(uow, member_id)))
-        await store.set_member_owner(uow.conn, member_id, owner.role, owner.id)
+        active = await _active_gaps(uow, member_id)
+        if any((g["owner_role"], g["owner_id"]) != (owner.role, owner.id) for g in active):
+            await store.set_member_owner(uow.conn, member_id, owner.role, owner.id)
+            for g in active:
+                g["owner_role"], g["owner_id"] = owner.role, owner.id
 
     async def _refresh_priority(self, uow: UnitOfWork, member_id: str, as_of: date, *,
                                 member: asyncpg.Record | None = None,
@@ -646,7 +724,7 @@ class CareGapsUseCases:
         if member is None:
             member = await _member(uow, member_id)
         if active is None:
-            active = await store.active_gaps_of_member(uow.conn, member_id)
+            active = await _active_gaps(uow, member_id)
         open_count = sum(1 for g in active if g["measure"] != GapMeasure.READMISSION_WATCH.value)
         turns_65_on = member["turns_65_on"] if member else None
         priority = gap_priority(
@@ -654,7 +732,12 @@ class CareGapsUseCases:
             turns_65_on is not None and turns_65_on <= as_of,
             open_count, self.config,
         )
-        await store.set_member_priority(uow.conn, member_id, priority)
+        # (The lane holds all of the member's active gaps: when each has this priority already, the
+        # guarded UPDATE would change nothing, and is not sent.)
+        if any(g["priority"] != priority for g in active):
+            await store.set_member_priority(uow.conn, member_id, priority)
+            for g in active:
+                g["priority"] = priority
         return priority
 
     def _publish_opened_row(self, uow: UnitOfWork, event: CloudEvent[Any], row: asyncpg.Record,

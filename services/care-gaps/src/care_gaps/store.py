@@ -170,24 +170,37 @@ async def gaps_of_encounter(conn: asyncpg.Connection, encounter_id: str) -> dict
     return {row["measure"]: row for row in rows}
 
 
-async def open_gaps(conn: asyncpg.Connection, gaps: Sequence[NewGap]) -> None:
-    """Insert gaps as open, or reopen/re-window existing ones (A08 update, a new discharge after a cancel);
-    one round trip (asyncpg pipelines ``executemany``)."""
+async def lane_gaps(conn: asyncpg.Connection, encounter_ids: Sequence[str], member_ids: Sequence[str]
+                    ) -> list[asyncpg.Record]:
+    """In one read: every gap of ``encounter_ids`` and the active gaps of ``member_ids``."""
+    return await conn.fetch(
+        f"SELECT {_GAP_COLUMNS} FROM gaps WHERE encounter_id = ANY($1::text[])"
+        " OR (member_id = ANY($2::text[]) AND status = ANY($3::text[]))",
+        list(encounter_ids), list(member_ids), list(ACTIVE),
+    )
+
+
+async def open_gaps(conn: asyncpg.Connection, gaps: Sequence[NewGap]) -> list[asyncpg.Record]:
+    """Insert gaps as open, or reopen/re-window existing ones (A08 update, a new discharge after a cancel),
+    in one statement; returns the rows as they are now."""
     if not gaps:
-        return
-    await conn.executemany(
+        return []
+    return await conn.fetch(
         "INSERT INTO gaps(gap_id, tenant, member_id, encounter_id, measure, measure_version, discharged_at,"
         " window_start, due_date, overdue_at, status, owner_role, owner_id, opened_event_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'open', $11, $12, $13)"
+        " SELECT g, t, m, e, ms, v, d, ws, dd, o, 'open', r, oi, ev FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::date[], $9::date[], $10::timestamptz[],"
+        " $11::text[], $12::text[], $13::text[]) AS s(g, t, m, e, ms, v, d, ws, dd, o, r, oi, ev)"
         " ON CONFLICT (gap_id) DO UPDATE SET measure_version = excluded.measure_version,"
         " discharged_at = excluded.discharged_at, window_start = excluded.window_start,"
         " due_date = excluded.due_date, overdue_at = excluded.overdue_at, status = 'open',"
         " owner_role = excluded.owner_role, owner_id = excluded.owner_id,"
         " opened_event_id = excluded.opened_event_id, closed_at = NULL, closing_event_id = NULL,"
-        " closing_rule = NULL, overdue_detected_at = NULL, not_applicable_reason = NULL, updated_at = now()",
-        [(gap.gap_id, gap.tenant, gap.member_id, gap.encounter_id, gap.measure, gap.measure_version,
-          gap.discharged_at, gap.window_start, gap.due_date, gap.overdue_at, gap.owner_role, gap.owner_id,
-          gap.opened_event_id) for gap in gaps],
+        " closing_rule = NULL, overdue_detected_at = NULL, not_applicable_reason = NULL, updated_at = now()"
+        f" RETURNING {_GAP_COLUMNS}",
+        *([getattr(gap, name) for gap in gaps] for name in (
+            "gap_id", "tenant", "member_id", "encounter_id", "measure", "measure_version", "discharged_at",
+            "window_start", "due_date", "overdue_at", "owner_role", "owner_id", "opened_event_id")),
     )
 
 
