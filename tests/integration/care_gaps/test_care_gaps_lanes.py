@@ -249,5 +249,13 @@ async def test_a_lane_reads_the_history_near_its_events_and_the_rest_of_a_member
     watches = {g[1]: (g[3], g[4], g[5]) for g in expected if g[2] == "readmission_watch"}
     assert watches["SEG-NEAR-A"] == ("closed", "unplanned_readmission", "SEG-NEAR-B-a01")
     assert watches["SEG-PRIOR"] == ("closed", "unplanned_readmission", "SEG-LONG-a01")
+    # the year-old stay's watch was closed by the event clock when its 30 days had passed, and announced
+    assert watches["SEG-OLD"] == ("closed", "no_readmission_30_days", "event-clock")
+    for pool in two_schemas:
+        closed = [json.loads(r["p"])["data"] for r in await pool.fetch(
+            "SELECT convert_from(payload, 'UTF8') AS p FROM outbox WHERE headers->>'ce_type' = 'care_gap.closed'")]
+        old_watch = [c for c in closed if c["encounter_id"] == "SEG-OLD" and c["measure"] == "readmission_watch"]
+        assert [(c["closing_rule"], c["closed_at"]) for c in old_watch] == [
+            ("no_readmission_30_days", "2025-04-01T05:00:00Z")]
     reads = [q for q in by_batch if q.startswith("WITH ensured AS")]
     assert len(reads) == 2, "the lane's read, then M-LONG's whole history for the check around January"

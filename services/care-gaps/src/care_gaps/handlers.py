@@ -532,13 +532,10 @@ class CareGapsUseCases:
                 owner=_owner_model(row["owner_role"], row["owner_id"]),
             ), subject=row["member_id"], time=clock)
             changed += 1
-        for row in await store.expired_watches(uow.conn, tenant, clock):
-            closed = await store.close_gap(uow.conn, row["gap_id"], closed_at=row["overdue_at"],
-                                           closing_event_id=clock_source_id, closing_rule=NO_READMISSION_RULE,
-                                           allowed_statuses=("open",))
-            if closed is not None:
-                self._publish_closed(uow, closed)
-                changed += 1
+        for closed in await store.close_expired_watches(uow.conn, tenant, clock, clock_source_id,
+                                                        NO_READMISSION_RULE):
+            self._publish_closed(uow, closed)
+            changed += 1
         return changed
 
     # ----------------------------------------------------------------------- internals

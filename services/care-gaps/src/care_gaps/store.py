@@ -256,12 +256,17 @@ async def flag_overdue(conn: asyncpg.Connection, tenant: str, clock: datetime) -
     )
 
 
-async def expired_watches(conn: asyncpg.Connection, tenant: str, clock: datetime) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        f"SELECT {_GAP_COLUMNS} FROM gaps WHERE tenant = $1 AND status = 'open' AND overdue_at <= $2"
-        " AND measure = 'readmission_watch' ORDER BY gap_id",
-        tenant, clock,
+async def close_expired_watches(conn: asyncpg.Connection, tenant: str, clock: datetime, closing_event_id: str,
+                                closing_rule: str) -> list[asyncpg.Record]:
+    """Close, in one statement, the open readmission watches whose 30 days passed at ``clock`` (closed at
+    the end of their window); returns the closed rows by gap id."""
+    rows = await conn.fetch(
+        f"UPDATE gaps SET status = 'closed', closed_at = overdue_at, closing_event_id = $3, closing_rule = $4,"
+        f" updated_at = now() WHERE tenant = $1 AND status = 'open' AND overdue_at <= $2"
+        f" AND measure = 'readmission_watch' RETURNING {_GAP_COLUMNS}",
+        tenant, clock, closing_event_id, closing_rule,
     )
+    return sorted(rows, key=lambda row: row["gap_id"])
 
 
 async def tenants_with_open_gaps(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
