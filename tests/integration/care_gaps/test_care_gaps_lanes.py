@@ -132,6 +132,10 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     members = ("M-ENC-A", "M-ENC-B", "M-ENC-C")
     enrolled = [record(isolated.topic("enrollment"), n, member, "member.enrolled", f"{member}-enrolled",
                        "2026-03-01T09:00:00-05:00") for n, member in enumerate(members)]
+    # M-ENC-A's visit the day after the discharge arrives first: the discharge's gaps close on it at once
+    enrolled.append(record(isolated.topic("virtual-visits"), 0, "M-ENC-A", "virtual_visit.completed", "vv-A",
+                           "2026-03-26T09:30:00-05:00", visit_id="VV-A", started_at="2026-03-26T09:00:00-05:00",
+                           ended_at="2026-03-26T09:25:00-05:00"))
     batch = [r for n, member in enumerate(members) for r in encounters(member, n)]
     # An event naming another member's encounter is refused: the batch is redone event by event
     # (a savepoint each, the lane's deferred writes at the end of each), and every other event still
@@ -167,6 +171,9 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     got, expected = await tables(batched), await tables(one_by_one)
     assert got == expected
     assert len(expected["encounters"]) == 6
+    closed_by_visit = await one_by_one.fetch("SELECT measure FROM gaps WHERE closing_event_id = 'vv-A'")
+    assert closed_by_visit, "the stored visit closed gaps of the later discharge"
+    assert await batched.fetchval("SELECT count(*) FROM gaps WHERE closing_event_id = 'vv-A'") == len(closed_by_visit)
     for pool in two_schemas:
         assert [r["reason"] for r in await pool.fetch("SELECT reason FROM dead_letters")] == (
             ["encounter_member_mismatch"] if refused else [])
@@ -184,6 +191,8 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     assert len([q for q in by_batch if q.startswith("SELECT gap_id") and "encounter_id = ANY" in q]) == 1
     assert not [q for q in by_batch if q.startswith("SELECT gap_id") and "WHERE member_id = $1" in q]
     assert len([q for q in by_batch if q.startswith("INSERT INTO gaps")]) == len(members)
+    # evidence is read once, for every member the lane discharges
+    assert len([q for q in by_batch if "FROM evidence" in q]) == 1
     # and one writes every encounter row the lane changed, at its end
     assert len([q for q in by_batch if q.startswith("UPDATE encounters")]) == 1
     assert [q for q in by_batch if "FROM members" in q] == ["SELECT * FROM members WHERE member_id = ANY($1::text[])"]

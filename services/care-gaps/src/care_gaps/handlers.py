@@ -220,6 +220,32 @@ def _written(uow: UnitOfWork, rows: Iterable[Mapping[str, Any]]) -> list[dict[st
     return [gaps.put(row, written=True) if gaps is not None else dict(row) for row in rows]
 
 
+#: The lane's evidence (memo key): ``(first day, last day, member -> [(evidence, occurred_at)])`` for the
+#: members the lane discharges, over the days their gaps' windows can cover. A handler that stores or
+#: removes evidence drops it.
+_EVIDENCE = "evidence"
+#: How far after a discharge day a gap's window can end (the longest window is 30 days).
+_EVIDENCE_DAYS_AFTER = timedelta(days=45)
+
+
+async def _evidence(uow: UnitOfWork, member_id: str, start: date, end: date) -> list[tuple[Evidence, datetime]]:
+    """The member's evidence with service dates from ``start`` to ``end``, ordered as
+    :func:`store.member_evidence` orders it. The first need in a lane reads it for every member the lane
+    discharges, over every window the lane's discharges can open."""
+    held = uow.memo.get(_EVIDENCE)
+    if held is None:
+        days = [e.data.discharged_at.date() for e in uow.events if e.type == "encounter.discharged"]
+        members = {e.subject for e in uow.events if e.type == "encounter.discharged"} | {member_id}
+        first, last = (min(days) - timedelta(days=1), max(days) + _EVIDENCE_DAYS_AFTER) if days else (start, end)
+        first, last = min(first, start), max(last, end)
+        found = await store.members_evidence(uow.conn, sorted(members), first, last)
+        held = uow.memo[_EVIDENCE] = (first, last, {m: found.get(m, []) for m in members})
+    first, last, by_member = held
+    if member_id not in by_member or not first <= start <= end <= last:
+        return await store.member_evidence(uow.conn, member_id, start, end)
+    return [(item, at) for item, at in by_member[member_id] if start <= item.service_date <= end]
+
+
 #: The lane's member rows (memo key), read for every member of the lane at the first need.
 _MEMBER_ROWS = "member_rows"
 
@@ -408,6 +434,7 @@ class CareGapsUseCases:
             face_to_face_modality=visit.modality in ("video", "in_home"),
         )
         await store.add_evidence(uow.conn, visit.member_id, None, visit.started_at, [evidence])
+        uow.memo.pop(_EVIDENCE, None)
         await self._close_with_evidence(uow, event, visit.member_id)
 
     async def on_claim(self, uow: UnitOfWork, event: CloudEvent[Any]) -> None:
@@ -416,6 +443,7 @@ class CareGapsUseCases:
         claim: ClaimAdjudicated = event.data
         if claim.replaces_claim_id is not None:
             await store.remove_claim_evidence(uow.conn, claim.replaces_claim_id)
+            uow.memo.pop(_EVIDENCE, None)
         if claim.status not in ("paid", "adjusted"):
             return
         items = [
@@ -429,6 +457,7 @@ class CareGapsUseCases:
         for item in items:
             occurred = datetime.combine(item.service_date, datetime.min.time(), tzinfo=UTC)
             await store.add_evidence(uow.conn, claim.member_id, claim.claim_id, occurred, [item])
+            uow.memo.pop(_EVIDENCE, None)
         if items:
             await self._close_with_evidence(uow, event, claim.member_id)
 
@@ -632,7 +661,7 @@ class CareGapsUseCases:
             return
         start = min(g["window_start"] for g in gaps)
         end = max(g["due_date"] for g in gaps)
-        evidence = await store.member_evidence(uow.conn, member_id, start, end)
+        evidence = await _evidence(uow, member_id, start, end)
         closed_any = False
         for gap in gaps:
             measure = GapMeasure(gap["measure"])
