@@ -146,18 +146,26 @@ async def test_one_batch_gives_the_alerts_of_event_by_event_application(
     assert [d[:2] for d in expected["discharges"]] == [(THIRD, "SEG-V0031")]  # OTHER's was cancelled
 
 
+async def one_lane_after_care_teams(pool: asyncpg.Pool, isolated: Any, numbers: range, event_type: str,
+                                    encounter_prefix: str) -> list[str]:
+    """The members ``numbers`` get their care teams in one batch, then one ``event_type`` each in a second
+    batch (one lane); returns the statements that second batch sent."""
+    members = [f"M{i:06d}" for i in numbers]
+    teams = [("attribution", m, event_bytes("attribution.changed", event_id=f"team-{m}", member_id=m)) for m in members]
+    events = [("encounters", m, event_bytes(event_type, event_id=f"{event_type}-{m}", member_id=m,
+                                            encounter_id=f"{encounter_prefix}{m}")) for m in members]
+    run = processor(pool, isolated)
+    await run.process(records(isolated.topic_prefix, teams))
+    async with statements_sent(pool) as sent:
+        await run.process(records(isolated.topic_prefix, events))
+    return sent
+
+
 async def test_a_lane_of_admissions_reads_once_and_writes_once_per_table(
     isolated: Any, pools: list[asyncpg.Pool]
 ) -> None:
     pool = pools[0]
-    members = [f"M{i:06d}" for i in range(100, 120)]
-    teams = [("attribution", m, event_bytes("attribution.changed", event_id=f"team-{m}", member_id=m)) for m in members]
-    admissions = [("encounters", m, event_bytes("encounter.admitted", event_id=f"adm-{m}", member_id=m,
-                                                encounter_id=f"SEG-{m}")) for m in members]
-    run = processor(pool, isolated)
-    await run.process(records(isolated.topic_prefix, teams))
-    async with statements_sent(pool) as sent:
-        await run.process(records(isolated.topic_prefix, admissions))
+    sent = await one_lane_after_care_teams(pool, isolated, range(100, 120), "encounter.admitted", "SEG-")
 
     def count(prefix: str) -> int:
         return sum(1 for q in sent if q.startswith(prefix))
@@ -174,14 +182,7 @@ async def test_a_lane_of_admissions_reads_once_and_writes_once_per_table(
 
 async def test_a_lane_of_discharges_records_them_in_one_statement(isolated: Any, pools: list[asyncpg.Pool]) -> None:
     pool = pools[0]
-    members = [f"M{i:06d}" for i in range(200, 220)]
-    teams = [("attribution", m, event_bytes("attribution.changed", event_id=f"team-{m}", member_id=m)) for m in members]
-    discharges = [("encounters", m, event_bytes("encounter.discharged", event_id=f"dis-{m}", member_id=m,
-                                                encounter_id=f"SEG-D-{m}")) for m in members]
-    run = processor(pool, isolated)
-    await run.process(records(isolated.topic_prefix, teams))
-    async with statements_sent(pool) as sent:
-        await run.process(records(isolated.topic_prefix, discharges))
+    sent = await one_lane_after_care_teams(pool, isolated, range(200, 220), "encounter.discharged", "SEG-D-")
 
     assert sum(1 for q in sent if "member_discharges" in q) == 2, "one read, one write"
     assert await pool.fetchval("SELECT count(*) FROM member_discharges WHERE encounter_id LIKE 'SEG-D-%'") == 20

@@ -42,10 +42,6 @@ class NewGap:
 
 
 # --------------------------------------------------------------------------- members
-async def get_member(conn: asyncpg.Connection, member_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM members WHERE member_id = $1", member_id)
-
-
 async def get_members(conn: asyncpg.Connection, member_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
     """The rows of ``member_ids`` that exist, in one read."""
     rows = await conn.fetch("SELECT * FROM members WHERE member_id = ANY($1::text[])", list(member_ids))
@@ -165,11 +161,6 @@ async def save_encounters(conn: asyncpg.Connection, rows: Sequence[Mapping[str, 
 
 
 # --------------------------------------------------------------------------- gaps
-async def gaps_of_encounter(conn: asyncpg.Connection, encounter_id: str) -> dict[str, asyncpg.Record]:
-    rows = await conn.fetch(f"SELECT {_GAP_COLUMNS} FROM gaps WHERE encounter_id = $1", encounter_id)
-    return {row["measure"]: row for row in rows}
-
-
 async def lane_gaps(conn: asyncpg.Connection, encounter_ids: Sequence[str], member_ids: Sequence[str]
                     ) -> list[asyncpg.Record]:
     """In one read: every gap of ``encounter_ids`` and the active gaps of ``member_ids``."""
@@ -221,14 +212,6 @@ async def mark_not_applicable(conn: asyncpg.Connection, gap_ids: Sequence[str], 
         f"UPDATE gaps SET status = 'not_applicable', not_applicable_reason = $2, updated_at = now()"
         f" WHERE gap_id = ANY($1::text[]) AND status = ANY($3::text[]) RETURNING {_GAP_COLUMNS}",
         list(gap_ids), reason, list(statuses),
-    )
-
-
-async def active_gaps_of_member(conn: asyncpg.Connection, member_id: str) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        f"SELECT {_GAP_COLUMNS} FROM gaps WHERE member_id = $1 AND status = ANY($2::text[])"
-        " ORDER BY due_date, gap_id",
-        member_id, list(ACTIVE),
     )
 
 
