@@ -148,10 +148,18 @@ async def test_one_batch_gives_the_alerts_of_event_by_event_application(
 
 async def one_lane_after_care_teams(pool: asyncpg.Pool, isolated: Any, numbers: range, event_type: str,
                                     encounter_prefix: str) -> list[str]:
-    """The members ``numbers`` get their care teams in one batch, then one ``event_type`` each in a second
-    batch (one lane); returns the statements that second batch sent."""
-    members = [f"M{i:06d}" for i in numbers]
-    teams = [("attribution", m, event_bytes("attribution.changed", event_id=f"team-{m}", member_id=m)) for m in members]
+    """The members ``numbers`` get their care teams in one batch (every other member's PCP in an
+    organization of its own), then one ``event_type`` each in a second batch (one lane); returns the
+    statements that second batch sent."""
+    def team(n: int) -> dict[str, Any]:
+        tin = PCP_TIN if n % 2 else f"{900000000 + n}"
+        return {"pcp_tin": tin, "care_team": [{"role": "pcp", "id": "1234567893", "tin": tin},
+                                              {"role": "v1c_provider", "id": "1003000126", "tin": "555666777"},
+                                              {"role": "care_manager", "id": "CM-17"}]}
+
+    members = {f"M{n:06d}": n for n in numbers}
+    teams = [("attribution", m, event_bytes("attribution.changed", event_id=f"team-{m}", member_id=m, **team(n)))
+             for m, n in members.items()]
     events = [("encounters", m, event_bytes(event_type, event_id=f"{event_type}-{m}", member_id=m,
                                             encounter_id=f"{encounter_prefix}{m}")) for m in members]
     run = processor(pool, isolated)
@@ -171,6 +179,7 @@ async def test_a_lane_of_admissions_reads_once_and_writes_once_per_table(
         return sum(1 for q in sent if q.startswith(prefix))
 
     assert count("WITH fact AS") == 1  # twenty facts, sixty alerts and their deliveries
+    assert count("SELECT * FROM subscriptions") == 1  # for every organization of the lane's care teams
     assert count("SELECT member_id, effective_from, effective_to, care_team FROM care_team_history") == 1
     assert count("SELECT encounter_id, cancels, cancelled_at FROM encounter_cancels") == 1
     assert count("WITH pending AS") == 1  # sequence numbers

@@ -76,16 +76,27 @@ class _NewAlert:
     context: otel_context.Context  # the handler's span: the published event continues its trace
 
 
+_SUBSCRIPTIONS = "subscriptions"
+
+
 async def _subscriptions(uow: UnitOfWork, organizations: Sequence[str]) -> list[Any]:
-    """Active subscriptions of ``organizations``, read once per transaction (a batch lane).
+    """Active subscriptions of ``organizations``, oldest first. The first need in a transaction (a batch
+    lane) reads those of every organization in the care teams it has read (the lane's members') at once;
+    an organization it did not hold yet (a care team recorded in the lane) is read when first needed.
 
     Subscriptions change only through the API, in transactions of their own; a batch sees
     them as of its first read, as if it had started a moment earlier."""
-    key = ("subscriptions", tuple(organizations))
-    found = uow.memo.get(key)
-    if found is None:
-        found = uow.memo[key] = await store.active_subscriptions(uow.conn, organizations)
-    return list(found)
+    held: dict[str, list[store.OrderedSubscription]] | None = uow.memo.get(_SUBSCRIPTIONS)
+    missing = set(organizations)
+    if held is None:
+        held = uow.memo[_SUBSCRIPTIONS] = {}
+        for history in uow.memo.get(_CARE_TEAMS, {}).values():
+            missing.update(entry.tin for snapshot in history for entry in snapshot.team if entry.tin)
+    missing.difference_update(held)
+    if missing:
+        held.update(await store.active_subscriptions(uow.conn, sorted(missing)))
+    return [subscription for _, subscription in sorted(
+        (entry for organization in set(organizations) for entry in held[organization]), key=lambda e: e[0])]
 
 
 _CARE_TEAMS = "care_team_histories"

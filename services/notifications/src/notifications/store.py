@@ -193,12 +193,23 @@ def _subscription(row: asyncpg.Record) -> Subscription:
     )
 
 
-async def active_subscriptions(conn: asyncpg.Connection, organization_ids: Sequence[str]) -> list[Subscription]:
+#: A subscription with the key that orders an organization's subscriptions (oldest first).
+OrderedSubscription = tuple[tuple[datetime, str], Subscription]
+
+
+async def active_subscriptions(conn: asyncpg.Connection, organization_ids: Sequence[str]
+                               ) -> dict[str, list[OrderedSubscription]]:
+    """The active subscriptions of ``organization_ids`` in one read, by organization (every one named is
+    a key; those without any map to an empty list), each list oldest first."""
     rows = await conn.fetch(
-        "SELECT * FROM subscriptions WHERE active AND organization_id = ANY($1::text[]) ORDER BY created_at",
+        "SELECT * FROM subscriptions WHERE active AND organization_id = ANY($1::text[])"
+        " ORDER BY created_at, subscription_id",
         list(organization_ids),
     )
-    return [_subscription(r) for r in rows]
+    found: dict[str, list[OrderedSubscription]] = {organization: [] for organization in organization_ids}
+    for row in rows:
+        found[row["organization_id"]].append(((row["created_at"], row["subscription_id"]), _subscription(row)))
+    return found
 
 
 # --------------------------------------------------------------------------- notifications
