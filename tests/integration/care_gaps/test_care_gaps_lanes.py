@@ -193,8 +193,11 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     assert len([q for q in by_batch if q.startswith("INSERT INTO gaps")]) == len(members)
     # evidence is read once, for every member the lane discharges
     assert len([q for q in by_batch if "FROM evidence" in q]) == 1
-    # and one writes every encounter row the lane changed, at its end
+    # and one writes every encounter row the lane changed, at its end; one every gap priority it set
     assert len([q for q in by_batch if q.startswith("UPDATE encounters")]) == 1
+    assert [q for q in by_batch if "SET priority" in q] == [
+        q for q in by_batch if q.startswith("UPDATE gaps g SET priority = s.priority FROM unnest")]
+    assert len([q for q in by_batch if "SET priority" in q]) == 1
     assert [q for q in by_batch if "FROM members" in q] == ["SELECT * FROM members WHERE member_id = ANY($1::text[])"]
 
 

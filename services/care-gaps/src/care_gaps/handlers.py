@@ -159,6 +159,8 @@ class _LaneGaps:
         self.by_member: dict[str, dict[str, dict[str, Any]]] = {}
         self.encounters: set[str] = set()
         self.members: set[str] = set()
+        #: Priorities set in the lane and not written yet (gap id -> priority; see :func:`_save_priorities`).
+        self.priorities: dict[str, float] = {}
 
     def put(self, row: Mapping[str, Any], *, written: bool) -> dict[str, Any]:
         """Hold ``row``; a read does not replace a row the lane holds (its writes keep that one current)."""
@@ -166,6 +168,8 @@ class _LaneGaps:
         if held is not None and not written:
             return held
         kept = dict(row)
+        if kept["gap_id"] in self.priorities:  # the row a write returned predates the priority set since
+            kept["priority"] = self.priorities[kept["gap_id"]]
         self.rows[kept["gap_id"]] = kept
         self.by_encounter.setdefault(kept["encounter_id"], {})[kept["gap_id"]] = kept
         self.by_member.setdefault(kept["member_id"], {})[kept["gap_id"]] = kept
@@ -212,6 +216,26 @@ async def _gaps_of_encounter(uow: UnitOfWork, encounter_id: str) -> dict[str, di
 async def _active_gaps(uow: UnitOfWork, member_id: str) -> list[dict[str, Any]]:
     """The member's open and overdue gaps by due date, as this transaction has them."""
     return (await _lane_gaps(uow, member_id=member_id)).active_of(member_id)
+
+
+_PRIORITY_WRITES = "gap-priorities"
+
+
+def _set_priority(uow: UnitOfWork, gaps: Iterable[dict[str, Any]], priority: float) -> None:
+    """Give the held ``gaps`` ``priority``; the lane writes the priorities it set in one statement at its
+    end (in the isolated pass, at the end of each event), each gap's last one."""
+    held: _LaneGaps = uow.memo[_GAP_ROWS]
+    for gap in gaps:
+        gap["priority"] = held.priorities[gap["gap_id"]] = priority
+        uow.defer(_PRIORITY_WRITES, (gap["gap_id"], priority), _save_priorities, per_event_when_isolated=True)
+
+
+async def _save_priorities(uow: UnitOfWork, priorities: list[tuple[str, float]]) -> None:
+    await store.set_priorities(uow.conn, dict(priorities))
+    held: _LaneGaps | None = uow.memo.get(_GAP_ROWS)
+    if held is not None:
+        for gap_id, _ in priorities:
+            held.priorities.pop(gap_id, None)
 
 
 def _written(uow: UnitOfWork, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -758,12 +782,8 @@ class CareGapsUseCases:
             turns_65_on is not None and turns_65_on <= as_of,
             open_count, self.config,
         )
-        # (The lane holds all of the member's active gaps: when each has this priority already, the
-        # guarded UPDATE would change nothing, and is not sent.)
-        if any(g["priority"] != priority for g in active):
-            await store.set_member_priority(uow.conn, member_id, priority)
-            for g in active:
-                g["priority"] = priority
+        # (The lane holds all of the member's active gaps: those that have this priority already need no write.)
+        _set_priority(uow, [g for g in active if g["priority"] != priority], priority)
         return priority
 
     def _publish_opened_row(self, uow: UnitOfWork, event: CloudEvent[Any], row: asyncpg.Record,

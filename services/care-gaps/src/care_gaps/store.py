@@ -215,11 +215,14 @@ async def mark_not_applicable(conn: asyncpg.Connection, gap_ids: Sequence[str], 
     )
 
 
-async def set_member_priority(conn: asyncpg.Connection, member_id: str, priority: float) -> None:
-    await conn.execute(
-        "UPDATE gaps SET priority = $2 WHERE member_id = $1 AND status = ANY($3::text[]) AND priority <> $2",
-        member_id, priority, list(ACTIVE),
-    )
+async def set_priorities(conn: asyncpg.Connection, priorities: Mapping[str, float]) -> None:
+    """Set each gap's priority (gap id -> priority), in one statement."""
+    if priorities:
+        await conn.execute(
+            "UPDATE gaps g SET priority = s.priority FROM unnest($1::text[], $2::float8[]) AS s(gap_id, priority)"
+            " WHERE g.gap_id = s.gap_id AND g.priority <> s.priority",
+            list(priorities), list(priorities.values()),
+        )
 
 
 async def set_member_owner(conn: asyncpg.Connection, member_id: str, owner_role: str, owner_id: str | None) -> None:
