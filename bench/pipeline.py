@@ -313,6 +313,7 @@ class Pipeline:
         self.tracing = False
         self.sql_spans = False
         self._reference_counts: dict[str, int] = {}
+        self.caught_up: dict[str, float] = {}  # schema -> when it last caught up (see wait_drained)
 
     # -------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> Pipeline:
@@ -435,6 +436,13 @@ class Pipeline:
 
     async def drained(self) -> tuple[bool, str]:
         """True when every service consumed everything published to what it subscribes to."""
+        behind = await self.behind()
+        return (False, next(iter(behind.values()))) if behind else (True, "drained")
+
+    async def behind(self) -> dict[str, str]:
+        """Each service (by schema) that has not yet consumed everything published to what it subscribes
+        to, or not yet relayed everything it wrote to its outbox, with what it is missing."""
+        behind: dict[str, str] = {}
         produced: Counter[str] = Counter()
         produced["encounters"] = self.sent_total
         for topic, n in self._reference_counts.items():
@@ -444,7 +452,7 @@ class Pipeline:
                 if not topic.endswith(".dlq"):
                     produced[topic] += n
             if await self.backlog(schema):
-                return False, f"{schema} outbox not empty"
+                behind[schema] = f"{schema} outbox not empty"
         subscriptions = {
             "attribution": ("enrollment", "claims", "virtual-visits", "provider-directory"),
             "referrals": ("referral-requests", "encounters", "provider-directory", "enrollment", "claims"),
@@ -454,18 +462,27 @@ class Pipeline:
         for schema, topics in subscriptions.items():
             seen = await self.inbox_by_topic(schema)
             for topic in topics:
-                if seen.get(topic, 0) < produced[topic]:
-                    return False, f"{schema} has {seen.get(topic, 0)}/{produced[topic]} of {topic}"
-        return True, "drained"
+                if seen.get(topic, 0) < produced[topic] and schema not in behind:
+                    behind[schema] = f"{schema} has {seen.get(topic, 0)}/{produced[topic]} of {topic}"
+        return behind
 
     async def wait_drained(self, timeout: float, what: str) -> float:
-        """Poll until drained; returns when it became true (perf_counter)."""
+        """Poll until drained; returns when it became true (perf_counter). :attr:`caught_up` keeps, for
+        each service, when it last caught up (consumed and relayed all there was): the last to catch up
+        is the one that held the pipeline back."""
         deadline = time.monotonic() + timeout
         last_report = time.monotonic()
+        self.caught_up.clear()
+        was_behind = {schema for _, schema in SERVICES.values()}
         while True:
-            ok, why = await self.drained()
-            if ok:
-                return time.perf_counter()
+            behind = await self.behind()
+            now = time.perf_counter()
+            for schema in was_behind - set(behind):
+                self.caught_up[schema] = now
+            was_behind = set(behind)
+            if not behind:
+                return now
+            why = next(iter(behind.values()))
             for name, svc in self.services.items():
                 if not svc.running:
                     raise RuntimeError(f"{name} exited during {what}\n{svc.log_tail()}")
@@ -569,6 +586,8 @@ class Pipeline:
                                                "count": len(chained)},
             "dlq_new": {k: dead_after[k] - dead_before.get(k, 0) for k in dead_after},
             "resources": usage,
+            # seconds from the first send until each service last caught up (the largest held the rest back)
+            "caught_up_s": {schema: round(at - started, 2) for schema, at in self.caught_up.items()},
             "sql": sql,
             "tracing": self.tracing,
             "sql_spans": self.sql_spans,
