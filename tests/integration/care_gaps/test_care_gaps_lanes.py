@@ -186,17 +186,17 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     assert [q for q in by_batch if "FROM encounters" in q or "INTO encounters" in q] == [
         q for q in by_batch if q.startswith("WITH ensured AS ( INSERT INTO encounters")]
     assert len([q for q in by_batch if q.startswith("WITH ensured AS")]) == 1
-    # one reads the gaps of the lane's encounters and the active gaps of its members; each discharge then
-    # opens its gaps in one statement
+    # one reads the gaps of the lane's encounters, one counts its members' other active gaps (their rows are
+    # not read); each discharge then opens its gaps in one statement
     assert len([q for q in by_batch if q.startswith("SELECT gap_id") and "encounter_id = ANY" in q]) == 1
-    assert not [q for q in by_batch if q.startswith("SELECT gap_id") and "WHERE member_id = $1" in q]
+    assert len([q for q in by_batch if q.startswith("SELECT member_id, count(*) AS active")]) == 1
+    # (a stored visit is evidence for the discharge after it; its own handler ran in an earlier batch)
+    assert not [q for q in by_batch if q.startswith("SELECT gap_id") and "WHERE member_id" in q]
     assert len([q for q in by_batch if q.startswith("INSERT INTO gaps")]) == len(members)
     # evidence is read once, for every member the lane discharges
     assert len([q for q in by_batch if "FROM evidence" in q]) == 1
     # and one writes every encounter row the lane changed, at its end; one every gap priority it set
     assert len([q for q in by_batch if q.startswith("UPDATE encounters")]) == 1
-    assert [q for q in by_batch if "SET priority" in q] == [
-        q for q in by_batch if q.startswith("UPDATE gaps g SET priority = s.priority FROM unnest")]
     assert len([q for q in by_batch if "SET priority" in q]) == 1
     assert [q for q in by_batch if "FROM members" in q] == ["SELECT * FROM members WHERE member_id = ANY($1::text[])"]
 
@@ -271,3 +271,78 @@ async def test_a_lane_reads_the_history_near_its_events_and_the_rest_of_a_member
             ("no_readmission_30_days", "2025-04-01T05:00:00Z")]
     reads = [q for q in by_batch if q.startswith("WITH ensured AS")]
     assert len(reads) == 2, "the lane's read, then M-LONG's whole history for the check around January"
+
+
+async def test_a_lane_counts_the_active_gaps_it_does_not_hold_and_gives_them_the_members_priority(
+    isolated: Any, two_schemas: Any
+) -> None:
+    topic = isolated.topic("encounters")
+    config = MeasureConfig(priority_open_gap_cap=50)  # every gap counts: each change below moves the priority
+
+    def discharged(encounter: str, admitted_at: str, at: str, n: int) -> ConsumerRecord:
+        return record(topic, n, "M-MANY", "encounter.discharged", f"{encounter}-a03", at, encounter_id=encounter,
+                      admitted_at=admitted_at, discharged_at=at, disposition="01", patient_class="inpatient")
+
+    enrolled = record(isolated.topic("enrollment"), 0, "M-MANY", "member.enrolled", "M-MANY-enrolled",
+                      "2025-06-01T09:00:00-05:00")
+    # Two earlier stays, far apart: their follow-up gaps are active (open or overdue) when the batch comes.
+    history = [discharged("SEG-OLD-1", "2026-01-05T08:00:00-05:00", "2026-01-08T10:00:00-05:00", 1),
+               discharged("SEG-OLD-2", "2026-02-16T08:00:00-05:00", "2026-02-19T10:00:00-05:00", 2)]
+    batch = [
+        # A new stay's gaps raise the member's open-gap count, and with it the priority of every active gap ...
+        discharged("SEG-NEW-1", "2026-04-10T08:00:00-04:00", "2026-04-14T10:00:00-04:00", 3),
+        # ... then a late admission, 19 days after the second old discharge, readmits after it: that
+        # discharge's gaps, not held until now, are retired with the priority they had since the first
+        # event, and the count falls ...
+        record(topic, 4, "M-MANY", "encounter.admitted", "SEG-RE-a01", "2026-03-10T08:00:00-05:00",
+               encounter_id="SEG-RE", admitted_at="2026-03-10T08:00:00-05:00", patient_class="inpatient"),
+        # ... and two more stays raise it beyond where it was.
+        discharged("SEG-NEW-2", "2026-06-01T08:00:00-04:00", "2026-06-04T10:00:00-04:00", 5),
+        discharged("SEG-NEW-3", "2026-08-03T08:00:00-04:00", "2026-08-06T10:00:00-04:00", 6),
+    ]
+    batched, one_by_one = two_schemas
+
+    def processor(pool: Any) -> BatchProcessor:
+        use_cases = CareGapsUseCases(config, ClockPolicy(mode="event"), wall_clock=lambda: WALL)
+        return BatchProcessor(service="care-gaps", pool=pool, tenant="payer-test", topic_prefix=isolated.topic_prefix,
+                              handlers=use_cases.mapping(), lanes=1, after_batch=use_cases.after_batch)
+
+    for pool in two_schemas:
+        for item in [enrolled, *history]:
+            await processor(pool).process([item])
+    member = await batched.fetchrow("SELECT risk_score, turns_65_on FROM members WHERE member_id = 'M-MANY'")
+
+    def priority(open_count: int) -> float:
+        return gap_priority(member["risk_score"], member["turns_65_on"] <= datetime(2026, 4, 15).date(), open_count,
+                            config)
+
+    async def gaps(pool: Any) -> list[tuple[Any, ...]]:
+        # (The sweep after each batch closes the watches whose 30 days are over: one at a time, before the
+        # next event's refresh; in one batch, after the lane's last. Their priorities differ, as they did
+        # before lanes, so they are left out.)
+        return [tuple(r) for r in await pool.fetch(
+            "SELECT gap_id, encounter_id, measure, status, CASE WHEN measure = 'readmission_watch' THEN NULL"
+            " ELSE priority END, not_applicable_reason FROM gaps ORDER BY 1")]
+
+    old = [g for g in await gaps(batched) if g[2] != "readmission_watch"]
+    assert len(old) == 8 and {g[3] for g in old} <= {"open", "overdue"} and {g[4] for g in old} == {priority(8)}
+    async with statements_sent(batched) as by_batch:
+        await processor(batched).process(batch)
+    for item in batch:
+        await processor(one_by_one).process([item])
+
+    got, expected = await gaps(batched), await gaps(one_by_one)
+    assert got == expected
+    follow_ups = [g for g in expected if g[2] != "readmission_watch"]
+    active = [g for g in follow_ups if g[3] in ("open", "overdue")]
+    assert {g[1] for g in active} == {"SEG-OLD-1", "SEG-NEW-1", "SEG-NEW-2", "SEG-NEW-3"} and len(active) == 16
+    # every active gap, held by the lane or not (SEG-OLD-1's), has the member's last priority
+    assert {g[4] for g in active} == {priority(16)}
+    # the retired gaps keep the priority they had while active: the one the first event set
+    assert {(g[3], g[4], g[5]) for g in follow_ups if g[1] == "SEG-OLD-2"} == {
+        ("not_applicable", priority(12), "readmitted")}
+    # The old stays' gaps were counted, not read with the lane's: the readmission read the retired ones alone.
+    assert not [q for q in by_batch if q.startswith("SELECT gap_id") and "WHERE member_id" in q]
+    assert len([q for q in by_batch if q.startswith("SELECT gap_id") and "encounter_id = ANY" in q]) == 2
+    assert len([q for q in by_batch if q.startswith("SELECT member_id, count(*) AS active")]) == 1
+    assert len([q for q in by_batch if "SET priority" in q]) == 1

@@ -148,37 +148,67 @@ async def _member_encounters(uow: UnitOfWork, member_id: str, since: datetime,
     return list(uow.memo[_ENCOUNTERS_BY_MEMBER].get(member_id, {}).values())
 
 
+@dataclass
+class _Unheld:
+    """What the lane knows of a member's active gaps that it does not hold (read as counts, not rows)."""
+
+    active: int  # open and overdue
+    open_count: int  # of those, the ones the priority counts (not readmission watches)
+    lowest: float | None  # their priorities' range
+    highest: float | None
+
+
 class _LaneGaps:
-    """The lane's gap rows (memo ``_GAP_ROWS``): every gap of the encounters in ``encounters`` and the
-    active gaps of the members in ``members``, read at the first need for all of the lane's encounters
-    and members at once, and kept current by every write (each returns the rows it changed)."""
+    """The lane's gap rows (memo ``_GAP_ROWS``), kept current by every write (each returns the rows it
+    changed; the lane writes only rows it holds).
+
+    It holds every gap of the encounters in ``encounters``, and every active gap of the members in
+    ``full``. Of the other active gaps of the members in ``unheld`` it holds only counts and the range of
+    their priorities (:class:`_Unheld`): a member's overdue gaps pile up over the years, and a discharge
+    needs their number, not their rows. The first need reads the gaps of all of the lane's encounters and
+    the counts of all of its members at once."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.by_encounter: dict[str, dict[str, dict[str, Any]]] = {}
         self.by_member: dict[str, dict[str, dict[str, Any]]] = {}
         self.encounters: set[str] = set()
-        self.members: set[str] = set()
-        #: Priorities set in the lane and not written yet (gap id -> priority; see :func:`_save_priorities`).
+        self.full: set[str] = set()
+        self.unheld: dict[str, _Unheld] = {}
+        #: Priorities set in the lane and not written yet (see :func:`_save_priorities`): of held gaps (gap
+        #: id -> priority), and of the members' active gaps the lane does not hold (member -> priority).
         self.priorities: dict[str, float] = {}
+        self.member_priorities: dict[str, float] = {}
 
     def put(self, row: Mapping[str, Any], *, written: bool) -> dict[str, Any]:
         """Hold ``row``; a read does not replace a row the lane holds (its writes keep that one current)."""
-        held = self.rows.get(row["gap_id"])
+        gap_id = row["gap_id"]
+        held = self.rows.get(gap_id)
         if held is not None and not written:
             return held
         kept = dict(row)
-        if kept["gap_id"] in self.priorities:  # the row a write returned predates the priority set since
-            kept["priority"] = self.priorities[kept["gap_id"]]
-        self.rows[kept["gap_id"]] = kept
-        self.by_encounter.setdefault(kept["encounter_id"], {})[kept["gap_id"]] = kept
-        self.by_member.setdefault(kept["member_id"], {})[kept["gap_id"]] = kept
+        member_id = kept["member_id"]
+        if held is None and not written and kept["status"] in store.ACTIVE:
+            unheld = self.unheld.get(member_id)
+            if unheld is not None:  # counted there until now
+                unheld.active -= 1
+                if kept["measure"] != GapMeasure.READMISSION_WATCH.value:
+                    unheld.open_count -= 1
+            pending = self.member_priorities.get(member_id)
+            if pending is not None:  # the member's write would have given it this priority
+                self.priorities.setdefault(gap_id, pending)
+        if gap_id in self.priorities:  # the row predates the priority set since
+            kept["priority"] = self.priorities[gap_id]
+        self.rows[gap_id] = kept
+        self.by_encounter.setdefault(kept["encounter_id"], {})[gap_id] = kept
+        self.by_member.setdefault(member_id, {})[gap_id] = kept
         return kept
 
     def of_encounter(self, encounter_id: str) -> dict[str, dict[str, Any]]:
         return {row["measure"]: row for row in self.by_encounter.get(encounter_id, {}).values()}
 
     def active_of(self, member_id: str) -> list[dict[str, Any]]:
+        """The member's active gaps the lane holds (all of them once the member is in ``full``)."""
         return sorted((row for row in self.by_member.get(member_id, {}).values() if row["status"] in store.ACTIVE),
                       key=lambda row: (row["due_date"], row["gap_id"]))
 
@@ -187,7 +217,7 @@ _GAP_ROWS = "gap_rows"
 
 
 async def _lane_gaps(uow: UnitOfWork, encounter_id: str | None = None, member_id: str | None = None) -> _LaneGaps:
-    """The lane's gaps, with ``encounter_id``'s and ``member_id``'s active ones among them."""
+    """The lane's gaps, with ``encounter_id``'s gaps among them and ``member_id``'s active ones counted."""
     gaps: _LaneGaps | None = uow.memo.get(_GAP_ROWS)
     encounters: set[str] = set()
     members: set[str] = set()
@@ -198,13 +228,17 @@ async def _lane_gaps(uow: UnitOfWork, encounter_id: str | None = None, member_id
         members = subjects(uow.events)
     if encounter_id is not None and encounter_id not in gaps.encounters:
         encounters.add(encounter_id)
-    if member_id is not None and member_id not in gaps.members:
+    if member_id is not None and member_id not in gaps.unheld and member_id not in gaps.full:
         members.add(member_id)
-    if encounters or members:
-        for row in await store.lane_gaps(uow.conn, sorted(encounters), sorted(members)):
+    if encounters:
+        for row in await store.gaps_of_encounters(uow.conn, sorted(encounters)):
             gaps.put(row, written=False)
         gaps.encounters |= encounters
-        gaps.members |= members
+    if members:
+        held = [gap_id for member in members for gap_id in gaps.by_member.get(member, {})]
+        found = await store.active_gap_counts(uow.conn, sorted(members), held)
+        for member in members:
+            gaps.unheld[member] = _Unheld(*found.get(member, (0, 0, None, None)))
     return gaps
 
 
@@ -214,28 +248,55 @@ async def _gaps_of_encounter(uow: UnitOfWork, encounter_id: str) -> dict[str, di
 
 
 async def _active_gaps(uow: UnitOfWork, member_id: str) -> list[dict[str, Any]]:
-    """The member's open and overdue gaps by due date, as this transaction has them."""
-    return (await _lane_gaps(uow, member_id=member_id)).active_of(member_id)
+    """All of the member's open and overdue gaps by due date, as this transaction has them."""
+    gaps = await _lane_gaps(uow)
+    if member_id not in gaps.full:
+        held = list(gaps.by_member.get(member_id, {}))
+        for row in await store.active_gaps_of_member(uow.conn, member_id, held):
+            gaps.put(row, written=False)
+        gaps.full.add(member_id)
+        gaps.unheld.pop(member_id, None)
+    return gaps.active_of(member_id)
+
+
+async def _open_gap_count(uow: UnitOfWork, member_id: str) -> int:
+    """How many open and overdue gaps (not readmission watches) the member has, as this transaction has them."""
+    gaps = await _lane_gaps(uow, member_id=member_id)
+    unheld = gaps.unheld.get(member_id)
+    return (unheld.open_count if unheld is not None else 0) + sum(
+        1 for g in gaps.active_of(member_id) if g["measure"] != GapMeasure.READMISSION_WATCH.value)
 
 
 _PRIORITY_WRITES = "gap-priorities"
 
 
-def _set_priority(uow: UnitOfWork, gaps: Iterable[dict[str, Any]], priority: float) -> None:
-    """Give the held ``gaps`` ``priority``; the lane writes the priorities it set in one statement at its
-    end (in the isolated pass, at the end of each event), each gap's last one."""
-    held: _LaneGaps = uow.memo[_GAP_ROWS]
-    for gap in gaps:
-        gap["priority"] = held.priorities[gap["gap_id"]] = priority
-        uow.defer(_PRIORITY_WRITES, (gap["gap_id"], priority), _save_priorities, per_event_when_isolated=True)
+def _set_priority(uow: UnitOfWork, member_id: str, priority: float) -> None:
+    """Give the member's active gaps ``priority``. The lane writes the priorities it set in one statement at
+    its end (in the isolated pass, at the end of each event): each held gap's last one, and each member's
+    last one to its active gaps the lane does not hold (those cannot change in the lane)."""
+    gaps: _LaneGaps = uow.memo[_GAP_ROWS]
+    changed = False
+    for gap in gaps.active_of(member_id):
+        if gap["priority"] != priority:
+            gap["priority"] = gaps.priorities[gap["gap_id"]] = priority
+            changed = True
+    unheld = gaps.unheld.get(member_id)
+    if unheld is not None and unheld.active and not unheld.lowest == unheld.highest == priority:
+        gaps.member_priorities[member_id] = priority
+        unheld.lowest = unheld.highest = priority
+        changed = True
+    if changed:
+        uow.defer(_PRIORITY_WRITES, member_id, _save_priorities, per_event_when_isolated=True)
 
 
-async def _save_priorities(uow: UnitOfWork, priorities: list[tuple[str, float]]) -> None:
-    await store.set_priorities(uow.conn, dict(priorities))
-    held: _LaneGaps | None = uow.memo.get(_GAP_ROWS)
-    if held is not None:
-        for gap_id, _ in priorities:
-            held.priorities.pop(gap_id, None)
+async def _save_priorities(uow: UnitOfWork, _: list[str]) -> None:
+    gaps: _LaneGaps | None = uow.memo.get(_GAP_ROWS)
+    if gaps is None or not (gaps.priorities or gaps.member_priorities):
+        return
+    held = [gap_id for member in gaps.member_priorities for gap_id in gaps.by_member.get(member, {})]
+    await store.set_priorities(uow.conn, gaps.priorities, gaps.member_priorities, held)
+    gaps.priorities.clear()
+    gaps.member_priorities.clear()
 
 
 def _written(uow: UnitOfWork, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -669,13 +730,15 @@ class CareGapsUseCases:
         """Close active gaps of the member that stored evidence satisfies (earliest evidence wins).
         ``announce_first``: gaps just opened, announced with the member's refreshed priority (read
         with ``member``, the member's row as the caller read it in this transaction)."""
-        active = await _active_gaps(uow, member_id)
+        # (Gaps just opened are held: the others need not be read.)
+        active = ((await _lane_gaps(uow, member_id=member_id)).active_of(member_id) if only is not None
+                  else await _active_gaps(uow, member_id))
         gaps = [g for g in active
                 if g["measure"] != GapMeasure.READMISSION_WATCH.value and (only is None or g["gap_id"] in only)]
         announced = False
         if announce_first:
             # The refresh sets this priority on every active gap: these rows, with it, are what it leaves.
-            priority = await self._refresh_priority(uow, member_id, event.time.date(), member=member, active=active)
+            priority = await self._refresh_priority(uow, member_id, event.time.date(), member=member)
             rows = {g["gap_id"]: g for g in active}
             for gid in announce_first:
                 if gid in rows:
@@ -767,23 +830,19 @@ class CareGapsUseCases:
                 g["owner_role"], g["owner_id"] = owner.role, owner.id
 
     async def _refresh_priority(self, uow: UnitOfWork, member_id: str, as_of: date, *,
-                                member: asyncpg.Record | None = None,
-                                active: list[asyncpg.Record] | None = None) -> float:
-        """Rank the member's active gaps; ``member`` and ``active`` spare the reads when the caller
-        just made them in this transaction (and changed neither since)."""
+                                member: asyncpg.Record | None = None) -> float:
+        """Rank the member's active gaps; ``member`` spares the read when the caller just made it in this
+        transaction (and did not change it since)."""
         if member is None:
             member = await _member(uow, member_id)
-        if active is None:
-            active = await _active_gaps(uow, member_id)
-        open_count = sum(1 for g in active if g["measure"] != GapMeasure.READMISSION_WATCH.value)
+        open_count = await _open_gap_count(uow, member_id)
         turns_65_on = member["turns_65_on"] if member else None
         priority = gap_priority(
             member["risk_score"] if member else 0.0,
             turns_65_on is not None and turns_65_on <= as_of,
             open_count, self.config,
         )
-        # (The lane holds all of the member's active gaps: those that have this priority already need no write.)
-        _set_priority(uow, [g for g in active if g["priority"] != priority], priority)
+        _set_priority(uow, member_id, priority)
         return priority
 
     def _publish_opened_row(self, uow: UnitOfWork, event: CloudEvent[Any], row: asyncpg.Record,
