@@ -50,6 +50,22 @@ async def test_run_deferred_runs_only_the_kinds_asked_and_what_their_finishers_q
     assert uow.deferred == []
 
 
+async def test_a_last_kind_runs_after_every_other_kind_even_one_first_queued_after_it() -> None:
+    uow, rec = new_uow(), Recorder()
+    numbers = rec.finisher("numbers")
+    uow.defer("numbers", "n1", numbers, last=True)  # e.g. queued mid-lane by an early run of the alerts
+    alerts = rec.finisher("alerts", then=("numbers", numbers))
+    uow.defer("alerts", "a1", alerts)
+    uow.defer("discharges", "d1", rec.finisher("discharges"))
+
+    await uow.run_deferred()
+    assert rec.calls == [
+        ("alerts", ["a1"]),
+        ("discharges", ["d1"]),
+        ("numbers", ["n1", "numbers(a1)"]),
+    ]
+
+
 async def test_a_rolled_back_savepoint_queues_again_what_ran_inside_it_but_was_queued_before_it() -> None:
     uow, rec = new_uow(), Recorder()
     alerts = rec.finisher("alerts")

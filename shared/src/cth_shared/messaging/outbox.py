@@ -64,6 +64,8 @@ class UnitOfWork:
     _finishers: dict[str, Finisher] = field(default_factory=dict)
     #: Kinds finished at the end of each event's savepoint in the isolated pass (see :meth:`defer`).
     per_event_kinds: set[str] = field(default_factory=set)
+    #: Kinds that run after all others (see :meth:`defer`).
+    _last_kinds: set[str] = field(default_factory=set)
     #: Queued work already run by :meth:`run_deferred` before the flush (so a rollback can queue it again).
     _ran: list[tuple[int, str, Any]] = field(default_factory=list)
     _queued: int = 0
@@ -74,7 +76,8 @@ class UnitOfWork:
     #: the entry when it writes; a rolled-back savepoint drops them all (:meth:`rollback_to`).
     memo: dict[Any, Any] = field(default_factory=dict)
 
-    def defer(self, kind: str, item: Any, finisher: Finisher, *, per_event_when_isolated: bool = False) -> None:
+    def defer(self, kind: str, item: Any, finisher: Finisher, *, per_event_when_isolated: bool = False,
+              last: bool = False) -> None:
         """Queue ``item`` for ``finisher``, which runs once at :meth:`flush` with every item of
         its kind, in queued order, inside this transaction (before the outbox is written; it
         may publish, and may queue items of kinds first queued after its own). Handlers use it
@@ -84,31 +87,40 @@ class UnitOfWork:
         (e.g. a value the database refuses). In the isolated pass, the one that runs after a
         batch failed, such a kind is finished at the end of each event's savepoint, so a failing
         write dead-letters its own event and nothing else. Leave it False for kinds that must
-        run once per transaction (e.g. ones that lock shared rows in a fixed order)."""
+        run once per transaction (e.g. ones that lock shared rows in a fixed order).
+
+        ``last``: the kind runs after every other kind, whenever it was first queued: for a step
+        that locks rows other transactions wait for (they wait until this one commits)."""
         self._finishers.setdefault(kind, finisher)
         if per_event_when_isolated:
             self.per_event_kinds.add(kind)
+        if last:
+            self._last_kinds.add(kind)
         self._queued += 1
         self.deferred.append((self._queued, kind, item))
 
     async def run_deferred(self, kinds: Collection[str] | None = None) -> None:
         """Run the queued work of ``kinds`` (all when None) now, kind by kind in the order the
-        kinds were first queued; what a finisher queues of a selected kind runs too. A handler
-        calls it before it reads what its queued writes change: the read must see them."""
-        while True:
-            ran = False
-            for kind, finisher in list(self._finishers.items()):
-                if kinds is not None and kind not in kinds:
-                    continue
-                entries = [entry for entry in self.deferred if entry[1] == kind]
-                if not entries:
-                    continue
-                self.deferred = [entry for entry in self.deferred if entry[1] != kind]
-                self._ran.extend(entries)
-                await finisher(self, [item for _, _, item in entries])
-                ran = True
-            if not ran:
-                return
+        kinds were first queued, the ``last`` kinds after all others; what a finisher queues of a
+        selected kind runs too. A handler calls it before it reads what its queued writes change:
+        the read must see them."""
+        while await self._run_kinds(kinds, last=False) or await self._run_kinds(kinds, last=True):
+            pass
+
+    async def _run_kinds(self, kinds: Collection[str] | None, *, last: bool) -> bool:
+        """One pass over the selected kinds that are (or are not) ``last``; True when any ran."""
+        ran = False
+        for kind, finisher in list(self._finishers.items()):
+            if (kinds is not None and kind not in kinds) or (kind in self._last_kinds) != last:
+                continue
+            entries = [entry for entry in self.deferred if entry[1] == kind]
+            if not entries:
+                continue
+            self.deferred = [entry for entry in self.deferred if entry[1] != kind]
+            self._ran.extend(entries)
+            await finisher(self, [item for _, _, item in entries])
+            ran = True
+        return ran
 
     async def read_for_lane(
         self, name: str, key: Any, lane_keys: Callable[[Sequence[CloudEvent[Any]]], Iterable[Any]],
