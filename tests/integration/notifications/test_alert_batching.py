@@ -121,7 +121,8 @@ async def test_one_batch_gives_the_alerts_of_event_by_event_application(
 ) -> None:
     batched, one_by_one = pools
     batch = records(isolated.topic_prefix)
-    await processor(batched, isolated).process(batch)
+    async with statements_sent(batched) as sent:
+        await processor(batched, isolated).process(batch)
     single = processor(one_by_one, isolated)
     for record in batch:
         await single.process([record])
@@ -144,6 +145,17 @@ async def test_one_batch_gives_the_alerts_of_event_by_event_application(
     assert expected["readmission_facts"] == [("SEG-V0032", "SEG-V0031")]
     assert ("SEG-V0032", THIRD, "observation") in [e[:3] for e in expected["encounters"]]  # the A08 applied last
     assert [d[:2] for d in expected["discharges"]] == [(THIRD, "SEG-V0031")]  # OTHER's was cancelled
+    # The cancels wrote the lane's alerts early, and the discharges' writes were first queued after that:
+    # the numbering still comes last.
+    assert statements_after_numbering(sent) == ["INSERT INTO outbox", "COMMIT;"]
+
+
+def statements_after_numbering(sent: list[str]) -> list[str]:
+    """What a lane sent after it numbered its new alerts (which locks their recipients' counters until
+    the commit); asyncpg's own lookups of the outbox's array types on a fresh connection left out."""
+    numbering = [i for i, q in enumerate(sent) if q.startswith("WITH pending AS")]
+    assert len(numbering) == 1
+    return [q.split("(")[0] for q in sent[numbering[0] + 1:] if "'jit'" not in q and "typeinfo" not in q]
 
 
 async def one_lane_after_care_teams(pool: asyncpg.Pool, isolated: Any, numbers: range, event_type: str,
@@ -183,6 +195,9 @@ async def test_a_lane_of_admissions_reads_once_and_writes_once_per_table(
     assert count("SELECT member_id, effective_from, effective_to, care_team FROM care_team_history") == 1
     assert count("SELECT encounter_id, cancels, cancelled_at FROM encounter_cancels") == 1
     assert count("WITH pending AS") == 1  # sequence numbers
+    # They lock the recipients' counters until the commit: nothing but the outbox's insert comes after them.
+    assert statements_after_numbering(sent) == ["INSERT INTO outbox", "COMMIT;"]
+    assert not [q for q in sent if "pg_notify" in q and not q.startswith("WITH fact AS")]  # announced with the insert
     assert count("INSERT INTO encounters") == 1
     assert count("SELECT member_id, encounter_id, discharged_at FROM member_discharges") == 1  # readmission check
     assert await pool.fetchval("SELECT count(*) FROM notifications WHERE encounter_id LIKE 'SEG-M%'") == 60

@@ -5,12 +5,13 @@ The flow for every alerting event: resolve the care team in force at the EVENT's
 (``domain.rules``), cut the content to each recipient's role (``domain.content``), and queue
 the fact, one alert per (recipient, subject, kind) and its push deliveries. The lane writes
 what it queued in one statement (``UnitOfWork.defer``), at its end or before a read that must
-see it (late care teams, cancels); then, once per lane, it gives the new alerts their
-recipients' next sequence numbers in one statement (counters locked in a fixed order, so
-concurrent lanes never deadlock), publishes ``notification.created`` and NOTIFYs the live
-inbox streams. The care teams, cancels and earlier discharges of the lane's members and
-encounters are read once, for all of them, on the first need; the encounter rows (a read model
-nothing in a lane reads back) are written with the lane's others in one statement."""
+see it (late care teams, cancels), and the same statement NOTIFYs the live inbox streams; then,
+once per lane and last (other lanes with the same recipients wait for it to commit), it gives the
+new alerts their recipients' next sequence numbers in one statement (counters locked in a fixed
+order, so concurrent lanes never deadlock) and publishes ``notification.created``. The care
+teams, cancels and earlier discharges of the lane's members and encounters are read once, for
+all of them, on the first need; the encounter rows (a read model nothing in a lane reads back)
+are written with the lane's others in one statement."""
 
 from __future__ import annotations
 
@@ -177,10 +178,10 @@ async def _save_discharges(uow: UnitOfWork, changes: list[tuple[str, str, dateti
 
 
 async def _finish_new_alerts(uow: UnitOfWork, alerts: list[_NewAlert]) -> None:
-    """Sequence numbers, ``notification.created`` and NOTIFY for a batch's new alerts at once."""
+    """Sequence numbers and ``notification.created`` for a batch's new alerts at once (their insert
+    announced them). The numbering locks the recipients' counters until the transaction commits, and
+    other lanes with the same recipients wait for them: it is the last statement before the outbox's."""
     sequences = await store.assign_sequences(uow.conn, [a.notification_id for a in alerts])
-    await store.announce_many(uow.conn, "created", [(a.notification_id, a.organization_id, a.recipient_id)
-                                                     for a in alerts])
     for alert in alerts:
         token = otel_context.attach(alert.context)
         uow.cause = alert.cause
@@ -466,7 +467,7 @@ async def _insert_alerts(uow: UnitOfWork, queued: list[_QueuedAlerts]) -> None:
                     "source_event_id": n.source_event_id,
                 },
                 cause=q.cause, context=q.context,
-            ), _finish_new_alerts)
+            ), _finish_new_alerts, last=True)
 
 
 def _check_subject(event: CloudEvent[Any], member_id: str) -> None:

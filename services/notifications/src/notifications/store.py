@@ -252,7 +252,7 @@ _INSERT_ALERTS = (
     " SELECT * FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],"
     " $17::text[], $18::boolean[], $19::text[], $20::text[], $21::text[], $22::text[], $23::timestamptz[],"
     " $24::date[], $25::jsonb[], $26::text[], $27::text[])"
-    " ON CONFLICT DO NOTHING RETURNING notification_id, organization_id, member_id),"
+    " ON CONFLICT DO NOTHING RETURNING notification_id, organization_id, recipient_id, member_id),"
     " queued AS ("
     " INSERT INTO deliveries(notification_id, subscription_id, organization_id, member_id, channel, endpoint_url,"
     " traceparent)"
@@ -262,8 +262,11 @@ _INSERT_ALERTS = (
     " traceparent, ord)"
     " JOIN alerts a ON a.notification_id = w.notification_id"
     " JOIN subscriptions s ON s.subscription_id = w.subscription_id"
-    " ORDER BY w.ord ON CONFLICT DO NOTHING)"
-    " SELECT coalesce(array_agg(notification_id), '{}') FROM alerts"
+    " ORDER BY w.ord ON CONFLICT DO NOTHING),"
+    # The live inbox streams hear of each new alert when the transaction commits (see announce).
+    " notified AS (SELECT count(pg_notify($31, json_build_object('event', 'created', 'id', notification_id,"
+    " 'org', organization_id, 'recipient', recipient_id)::text)) AS n FROM alerts)"
+    " SELECT coalesce(array_agg(notification_id), '{}') FROM alerts, notified"
 )
 
 
@@ -287,7 +290,8 @@ def current_traceparent() -> str | None:
 async def insert_alerts(conn: asyncpg.Connection, batch: Sequence[AlertsToInsert]) -> set[str]:
     """Record the facts, insert the alerts and queue each new alert's push deliveries, for many facts
     in one statement, with the outcome of inserting them one by one in order (the first of a fact or
-    an alert wins; a later duplicate queues nothing); returns the alert ids actually inserted."""
+    an alert wins; a later duplicate queues nothing), and announce each new alert (``created``) to the
+    live inbox streams; returns the alert ids actually inserted."""
     facts: dict[tuple[str, str], AlertFact] = {}
     alerts: dict[str, NewNotification] = {}
     pairs: list[tuple[str, str, str | None]] = []
@@ -316,7 +320,7 @@ async def insert_alerts(conn: asyncpg.Connection, batch: Sequence[AlertsToInsert
         [x.event_time for x in a], [x.due_date for x in a],
         [json.dumps(x.content, default=str) for x in a], [x.source_event_id for x in a],
         [x.rules_version for x in a],
-        [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs],
+        [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs], NEW_ALERT_CHANNEL,
     )
     return set(inserted)
 
@@ -381,14 +385,6 @@ async def cancels_of(conn: asyncpg.Connection, encounter_ids: Sequence[str]) -> 
 async def mark_retracted(conn: asyncpg.Connection, notification_ids: Sequence[str], retracted_at: datetime) -> None:
     await conn.execute("UPDATE notifications SET retracted_at = $2 WHERE notification_id = ANY($1::text[])",
                        list(notification_ids), retracted_at)
-
-
-async def announce_many(conn: asyncpg.Connection, event: str, alerts: Sequence[tuple[str, str, str]]) -> None:
-    """:func:`announce` for many ``(notification_id, organization_id, recipient_id)`` in one round trip."""
-    if not alerts:
-        return
-    payloads = [json.dumps({"event": event, "id": i, "org": o, "recipient": r}) for i, o, r in alerts]
-    await conn.execute("SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p", NEW_ALERT_CHANNEL, payloads)
 
 
 async def announce(conn: asyncpg.Connection, event: str, notification_id: str, organization_id: str,
