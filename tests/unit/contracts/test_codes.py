@@ -8,12 +8,14 @@ from cth_shared.contracts import (
     POST_ACUTE_SERVICE_BY_DISCHARGE,
     DischargeCategory,
     ServiceCategory,
+    codes,
     discharge_category,
     npi_check_digit_ok,
     npi_with_check_digit,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 BOUNDED = settings(max_examples=200, deadline=None)
 STEMS = st.text(alphabet="0123456789", min_size=9, max_size=9)
@@ -27,7 +29,7 @@ def test_known_valid_npis_pass_the_check_digit(npi: str) -> None:
 @pytest.mark.parametrize(
     "npi",
     ["1234567890", "1245319598", "123456789", "12345678931", "12345678AB", "", " 1234567893",
-     "1234567893 ", "123456789.", "-123456789"],
+     "1234567893 ", "123456789.", "-123456789", "1234567893\n"],
 )
 def test_malformed_or_wrong_check_digit_npis_fail(npi: str) -> None:
     assert not npi_check_digit_ok(npi)
@@ -150,3 +152,14 @@ def test_post_acute_categories_map_to_matching_service_categories() -> None:
     }
     for category, service in POST_ACUTE_SERVICE_BY_DISCHARGE.items():
         assert category.value == service.value
+
+
+@pytest.mark.parametrize(("code_type", "value"), [
+    ("Npi", "1234567893"), ("Tin", "987654321"), ("ProcedureCode", "99496"), ("Icd10Code", "I50.9"),
+    ("TaxonomyCode", "207Q00000X"),
+])
+def test_a_code_followed_by_a_line_break_is_refused(code_type: str, value: str) -> None:
+    adapter = TypeAdapter(getattr(codes, code_type))
+    assert adapter.validate_python(value) == value
+    with pytest.raises(ValidationError):
+        adapter.validate_python(value + "\n")

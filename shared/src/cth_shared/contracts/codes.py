@@ -6,6 +6,7 @@ pydantic turns that into a field-level validation error.
 
 from __future__ import annotations
 
+import functools
 import re
 from enum import StrEnum
 from typing import Annotated
@@ -30,8 +31,13 @@ def npi_check_digit_ok(npi: str) -> bool:
     CMS NPI standard: the Luhn algorithm runs over the constant prefix 80840
     followed by the first nine digits (CMS, "Requirements for NPI check digit").
     """
-    if not _NPI_RE.match(npi):
-        return False
+    return _NPI_RE.fullmatch(npi) is not None and _npi_luhn_ok(npi)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _npi_luhn_ok(npi: str) -> bool:
+    """The Luhn check of a 10-digit NPI; remembered, since the same providers recur in every batch (only
+    strings of ten digits get here, so the cache holds at most 65,536 of them)."""
     digits = [int(c) for c in "80840" + npi[:9]]
     total = 0
     for index, digit in enumerate(reversed(digits)):
@@ -54,7 +60,7 @@ def npi_with_check_digit(first_nine: str) -> str:
 
 
 def _check_npi(value: str) -> str:
-    if not _NPI_RE.match(value):
+    if not _NPI_RE.fullmatch(value):
         raise ValueError("NPI must be exactly 10 digits")
     if not npi_check_digit_ok(value):
         raise ValueError("NPI check digit is invalid (Luhn over 80840 prefix)")
@@ -62,37 +68,37 @@ def _check_npi(value: str) -> str:
 
 
 def _check_tin(value: str) -> str:
-    if not _TIN_RE.match(value):
+    if not _TIN_RE.fullmatch(value):
         raise ValueError("TIN must be exactly 9 digits")
     return value
 
 
 def _check_procedure(value: str) -> str:
-    if not _CPT_HCPCS_RE.match(value):
+    if not _CPT_HCPCS_RE.fullmatch(value):
         raise ValueError("procedure code must be CPT (5 digits, or 4 digits + F/T/U) or HCPCS (A-V + 4 digits)")
     return value
 
 
 def _check_icd10(value: str) -> str:
-    if not _ICD10_RE.match(value):
+    if not _ICD10_RE.fullmatch(value):
         raise ValueError("diagnosis must be an ICD-10-CM code such as I50.9")
     return value
 
 
 def _check_taxonomy(value: str) -> str:
-    if not _TAXONOMY_RE.match(value):
+    if not _TAXONOMY_RE.fullmatch(value):
         raise ValueError("taxonomy must be a 10-character NUCC code such as 207Q00000X")
     return value
 
 
 def _check_pos(value: str) -> str:
-    if not _POS_RE.match(value):
+    if not _POS_RE.fullmatch(value):
         raise ValueError("place of service must be a 2-digit CMS POS code")
     return value
 
 
 def _check_modifier(value: str) -> str:
-    if not _MODIFIER_RE.match(value):
+    if not _MODIFIER_RE.fullmatch(value):
         raise ValueError("modifier must be 2 alphanumeric characters")
     return value
 
