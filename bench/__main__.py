@@ -317,6 +317,14 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             pipeline_events_per_s_tracing_block_off=round(block_off_rate, 1),
             sql_statements_per_encounter_event=(off.get("sql") or {}).get("statements_per_encounter_event"),
         )
+        transits = (off.get("kafka_records") or {}).get("transits_per_event")
+        if transits and base:
+            # The baseline moves each event through 2 * hops + 2 record transits (the send, a consume and a
+            # produce per hop, the drain's read). At its cost per transit, the pipeline's own records alone
+            # would allow this many events/s: an estimate of the ceiling the broker and client set.
+            hops = pipeline["baseline"]["hops"]
+            figures["kafka_record_transits_per_encounter_event"] = transits
+            figures["broker_bound_events_per_s"] = round(base * (2 * hops + 2) / transits)
         variant = pipeline.get("flat_out_tracing_on_sql_spans")
         if variant:
             figures["pipeline_events_per_s_tracing_on_sql_spans"] = variant["events_per_s"]

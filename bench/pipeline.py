@@ -396,6 +396,14 @@ class Pipeline:
         rows = await self.db.fetch(f"SELECT topic, published FROM {schema}.outbox_published")
         return {r["topic"]: int(r["published"]) for r in rows}
 
+    async def traffic(self) -> tuple[int, int]:
+        """Records the services have consumed (their inboxes) and published (not to DLQs), in total."""
+        consumed = published = 0
+        for _, schema in SERVICES.values():
+            consumed += sum((await self.inbox_by_topic(schema)).values())
+            published += sum(n for topic, n in (await self.published(schema)).items() if not topic.endswith(".dlq"))
+        return consumed, published
+
     async def backlog(self, schema: str) -> int:
         assert self.db
         return int(await self.db.fetchval(f"SELECT count(*) FROM {schema}.outbox"))
@@ -524,6 +532,7 @@ class Pipeline:
         alerts_before = len(self.observer.alerts)
         dead_before = await self.dead_letters()
         await self.reset_statements()
+        consumed_before, published_before = await self.traffic()
         producer = AIOKafkaProducer(bootstrap_servers=self.stack.kafka_bootstrap_servers, acks="all",
                                     linger_ms=2 if rate else 10, max_batch_size=256 * 1024)
         await producer.start()
@@ -568,6 +577,11 @@ class Pipeline:
         combined = direct + chained
         dead_after = await self.dead_letters()
         sql = await self.statements(len(events), seconds)
+        consumed, published = (n - before for n, before in zip(await self.traffic(),
+                                                                (consumed_before, published_before), strict=True))
+        # Every record the broker took or handed out for these events: the harness's, the services' (consumed
+        # and published) and the alerts the observer read.
+        transits = len(events) + published + consumed + len(alerts)
         result = {
             "events": len(events),
             "offered_per_s": rate,
@@ -588,6 +602,9 @@ class Pipeline:
             "resources": usage,
             # seconds from the first send until each service last caught up (the largest held the rest back)
             "caught_up_s": {schema: round(at - started, 2) for schema, at in self.caught_up.items()},
+            "kafka_records": {"sent": len(events), "consumed_by_services": consumed,
+                              "published_by_services": published, "read_by_observer": len(alerts),
+                              "transits_per_event": round(transits / len(events), 2) if events else None},
             "sql": sql,
             "tracing": self.tracing,
             "sql_spans": self.sql_spans,
