@@ -199,6 +199,11 @@ async def test_a_lane_reads_its_members_and_their_encounters_once_with_the_outco
     assert len([q for q in by_batch if q.startswith("UPDATE encounters")]) == 1
     assert len([q for q in by_batch if "SET priority" in q]) == 1
     assert [q for q in by_batch if "FROM members" in q] == ["SELECT * FROM members WHERE member_id = ANY($1::text[])"]
+    # The tenant's clock row, which every lane moves (and holds until its commit), is moved last.
+    clock = [i for i, q in enumerate(by_batch) if q.startswith("INSERT INTO event_clocks")]
+    assert len(clock) == 1
+    after = [q.split("(")[0] for q in by_batch[clock[0] + 1:] if "'jit'" not in q and "typeinfo" not in q]
+    assert after[:2] == ["INSERT INTO outbox", "COMMIT;"]
 
 
 async def test_a_lane_reads_the_history_near_its_events_and_the_rest_of_a_members_history_only_when_needed(

@@ -385,8 +385,9 @@ class CareGapsUseCases:
             await handler(uow, event)
             # The clock moves once per lane transaction (one statement, atomic with the events'
             # effects); an event whose handler rejects it is rolled back with its savepoint and
-            # does not move the clock.
-            uow.defer("event-clock", event, self._advance_event_clocks)
+            # does not move the clock. Every lane moves the tenant's one clock row, and waits for
+            # the lanes that moved it before until they commit: the move comes last.
+            uow.defer("event-clock", event, self._advance_event_clocks, last=True)
 
         handle.__name__ = getattr(handler, "__name__", "handle")
         return handle
