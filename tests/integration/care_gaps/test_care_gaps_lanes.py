@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
+from care_gaps import store
 from care_gaps.domain.measures import MeasureConfig
 from care_gaps.domain.priority import gap_priority
 from care_gaps.handlers import CareGapsUseCases, ClockPolicy
@@ -351,3 +352,30 @@ async def test_a_lane_counts_the_active_gaps_it_does_not_hold_and_gives_them_the
     assert len([q for q in by_batch if q.startswith("SELECT gap_id") and "encounter_id = ANY" in q]) == 2
     assert len([q for q in by_batch if q.startswith("SELECT member_id, count(*) AS active")]) == 1
     assert len([q for q in by_batch if "SET priority" in q]) == 1
+
+
+async def test_the_lane_priority_write_reaches_its_members_active_gaps_through_their_index(pool: Any) -> None:
+    # Many members, most gaps inactive: the write must find its members' active gaps by member, not
+    # scan every active gap and join them to its list (a generic plan, as a prepared statement gets).
+    await pool.execute(
+        "INSERT INTO gaps(gap_id, tenant, member_id, encounter_id, measure, measure_version, discharged_at,"
+        " window_start, due_date, overdue_at, status, owner_role, opened_event_id)"
+        " SELECT 'G-IX-' || i, 't', 'M-IX-' || (i % 5000), 'E-IX-' || (i / 5), 'm' || (i % 5), 'v', now(),"
+        " current_date, current_date, now(), (ARRAY['open', 'overdue', 'closed', 'not_applicable'])[1 + i % 4],"
+        " 'pcp', 'ev' FROM generate_series(1, 100000) AS i")
+    await pool.execute("ANALYZE gaps")
+    members = {f"M-IX-{i}": 3.5 for i in range(0, 200, 2)}
+    async with pool.acquire() as conn:
+        sent: list[str] = []
+        conn.add_query_logger(lambda record: sent.append(record.query))
+        await store.set_priorities(conn, {"G-IX-1": 3.5}, members, ["G-IX-1"])
+        # (each member has 20 gaps, all in one status: half of these members' are open, half closed)
+        assert await conn.fetchval("SELECT count(*) FROM gaps WHERE priority = 3.5") == 1 + 50 * 20
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        [write] = [q for q in sent if q.startswith("WITH by_gap")]
+        explain = await conn.prepare(f"EXPLAIN {write}")
+        for _ in range(6):
+            plan = "\n".join(r[0] for r in await explain.fetch(["G-IX-1"], [3.5], list(members), [1.0] * len(members),
+                                                                 ["G-IX-1"]))
+        await conn.execute("RESET plan_cache_mode")
+    assert any("Index Cond" in line and "member_id" in line for line in plan.splitlines()), plan

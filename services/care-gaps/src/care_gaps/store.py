@@ -16,6 +16,9 @@ import asyncpg
 from .domain.evidence import Evidence
 
 ACTIVE = ("open", "overdue")
+#: ``ACTIVE`` as SQL, written out so that the planner can use the partial index of active gaps by member
+#: (a parameter cannot be proven to match its predicate).
+_ACTIVE_SQL = "status IN ('open', 'overdue')"
 
 _GAP_COLUMNS = (
     "gap_id, tenant, member_id, encounter_id, measure, measure_version, discharged_at, window_start, due_date,"
@@ -174,9 +177,9 @@ async def active_gap_counts(conn: asyncpg.Connection, member_ids: Sequence[str],
     rows = await conn.fetch(
         "SELECT member_id, count(*) AS active, count(*) FILTER (WHERE measure <> 'readmission_watch') AS open_count,"
         " min(priority) AS lowest, max(priority) AS highest FROM gaps"
-        " WHERE member_id = ANY($1::text[]) AND status = ANY($2::text[]) AND gap_id <> ALL($3::text[])"
+        f" WHERE member_id = ANY($1::text[]) AND {_ACTIVE_SQL} AND gap_id <> ALL($2::text[])"
         " GROUP BY member_id",
-        list(member_ids), list(ACTIVE), list(besides),
+        list(member_ids), list(besides),
     )
     return {r["member_id"]: (r["active"], r["open_count"], r["lowest"], r["highest"]) for r in rows}
 
@@ -185,9 +188,8 @@ async def active_gaps_of_member(conn: asyncpg.Connection, member_id: str, beside
                                 ) -> list[asyncpg.Record]:
     """The member's active gaps but the gaps ``besides``."""
     return await conn.fetch(
-        f"SELECT {_GAP_COLUMNS} FROM gaps WHERE member_id = $1 AND status = ANY($2::text[])"
-        " AND gap_id <> ALL($3::text[])",
-        member_id, list(ACTIVE), list(besides),
+        f"SELECT {_GAP_COLUMNS} FROM gaps WHERE member_id = $1 AND {_ACTIVE_SQL} AND gap_id <> ALL($2::text[])",
+        member_id, list(besides),
     )
 
 
@@ -243,9 +245,11 @@ async def set_priorities(conn: asyncpg.Connection, gaps: Mapping[str, float], me
         " FROM unnest($1::text[], $2::float8[]) AS s(gap_id, priority)"
         " WHERE g.gap_id = s.gap_id AND g.priority <> s.priority)"
         " UPDATE gaps g SET priority = s.priority FROM unnest($3::text[], $4::float8[]) AS s(member_id, priority)"
-        " WHERE g.member_id = s.member_id AND g.status = ANY($5::text[]) AND g.priority <> s.priority"
-        " AND g.gap_id <> ALL($6::text[]) AND g.gap_id <> ALL($1::text[])",
-        list(gaps), list(gaps.values()), list(members), list(members.values()), list(ACTIVE), list(besides),
+        # (member_id = ANY and the written-out statuses: the active gaps of these members by their index, not
+        # a scan of every gap joined to the list; 33 ms a lane when the planner chose the scan.)
+        f" WHERE g.member_id = ANY($3::text[]) AND g.{_ACTIVE_SQL} AND g.member_id = s.member_id"
+        " AND g.priority <> s.priority AND g.gap_id <> ALL($5::text[]) AND g.gap_id <> ALL($1::text[])",
+        list(gaps), list(gaps.values()), list(members), list(members.values()), list(besides),
     )
 
 
