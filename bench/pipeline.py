@@ -442,11 +442,6 @@ class Pipeline:
         return {schema: int(await self.db.fetchval(f"SELECT count(*) FROM {schema}.dead_letters"))
                 for _, schema in SERVICES.values()}
 
-    async def drained(self) -> tuple[bool, str]:
-        """True when every service consumed everything published to what it subscribes to."""
-        behind = await self.behind()
-        return (False, next(iter(behind.values()))) if behind else (True, "drained")
-
     async def behind(self) -> dict[str, str]:
         """Each service (by schema) that has not yet consumed everything published to what it subscribes
         to, or not yet relayed everything it wrote to its outbox, with what it is missing."""

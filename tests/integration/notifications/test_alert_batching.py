@@ -19,7 +19,7 @@ import pytest
 from aiokafka import ConsumerRecord
 from cth_shared.db import create_pool, run_migrations
 from cth_shared.messaging.consumer import BatchProcessor
-from cth_shared.testing import statements_sent
+from cth_shared.testing import statements_after, statements_sent
 from notification_support import MEMBER, PCP_TIN, event_bytes
 from notifications.domain.rules import rule_set
 from notifications.handlers import AlertHandlers
@@ -147,15 +147,7 @@ async def test_one_batch_gives_the_alerts_of_event_by_event_application(
     assert [d[:2] for d in expected["discharges"]] == [(THIRD, "SEG-V0031")]  # OTHER's was cancelled
     # The cancels wrote the lane's alerts early, and the discharges' writes were first queued after that:
     # the numbering still comes last.
-    assert statements_after_numbering(sent) == ["INSERT INTO outbox", "COMMIT;"]
-
-
-def statements_after_numbering(sent: list[str]) -> list[str]:
-    """What a lane sent after it numbered its new alerts (which locks their recipients' counters until
-    the commit); asyncpg's own lookups of the outbox's array types on a fresh connection left out."""
-    numbering = [i for i, q in enumerate(sent) if q.startswith("WITH pending AS")]
-    assert len(numbering) == 1
-    return [q.split("(")[0] for q in sent[numbering[0] + 1:] if "'jit'" not in q and "typeinfo" not in q]
+    assert statements_after(sent, "WITH pending AS") == ["INSERT INTO outbox", "COMMIT;"]
 
 
 async def one_lane_after_care_teams(pool: asyncpg.Pool, isolated: Any, numbers: range, event_type: str,
@@ -196,7 +188,7 @@ async def test_a_lane_of_admissions_reads_once_and_writes_once_per_table(
     assert count("SELECT encounter_id, cancels, cancelled_at FROM encounter_cancels") == 1
     assert count("WITH pending AS") == 1  # sequence numbers
     # They lock the recipients' counters until the commit: nothing but the outbox's insert comes after them.
-    assert statements_after_numbering(sent) == ["INSERT INTO outbox", "COMMIT;"]
+    assert statements_after(sent, "WITH pending AS") == ["INSERT INTO outbox", "COMMIT;"]
     assert not [q for q in sent if "pg_notify" in q and not q.startswith("WITH fact AS")]  # announced with the insert
     assert count("INSERT INTO encounters") == 1
     assert count("SELECT member_id, encounter_id, discharged_at FROM member_discharges") == 1  # readmission check

@@ -62,7 +62,7 @@ def npi_with_check_digit(first_nine: str) -> str:
 def _check_npi(value: str) -> str:
     if not _NPI_RE.fullmatch(value):
         raise ValueError("NPI must be exactly 10 digits")
-    if not npi_check_digit_ok(value):
+    if not _npi_luhn_ok(value):
         raise ValueError("NPI check digit is invalid (Luhn over 80840 prefix)")
     return value
 

@@ -4,7 +4,7 @@ Fixtures (``infra``, ``isolated``) are registered with
 ``pytest_plugins = ["cth_shared.testing.infra"]`` in the root ``tests/conftest.py``.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -50,6 +50,15 @@ async def statements_sent(pool: asyncpg.Pool) -> AsyncIterator[list[str]]:
             conn.remove_query_logger(log)
 
 
+def statements_after(sent: Sequence[str], prefix: str) -> list[str]:
+    """The statements sent after the one statement that starts with ``prefix`` (see :func:`statements_sent`),
+    each cut to what precedes its first parenthesis; asyncpg's own lookups of array and composite types (made
+    on a connection's first use of them) are left out."""
+    found = [i for i, q in enumerate(sent) if q.startswith(prefix)]
+    assert len(found) == 1, f"{len(found)} statements start with {prefix!r}"
+    return [q.split("(")[0] for q in sent[found[0] + 1:] if "'jit'" not in q and "typeinfo" not in q]
+
+
 __all__ = [
     "Infra",
     "InfraKind",
@@ -59,5 +68,6 @@ __all__ = [
     "isolated_env",
     "keys_in_distinct_lanes",
     "start_infra",
+    "statements_after",
     "statements_sent",
 ]
