@@ -34,6 +34,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -106,9 +107,39 @@ class _ProcessExited(EmbeddedStackError):
 # helpers
 
 
+#: Listening ports are picked from this many ports just below the kernel's ephemeral range.
+_LISTEN_PORTS = 12_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The local ports the kernel gives outgoing connections (Linux: ``ip_local_port_range``)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = HOST) -> int:
-    """Return a TCP port that is currently free on ``host`` (racy by nature; bind it soon)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Return a TCP port that is currently free on ``host``, for a server started soon after.
+
+    The port lies below the kernel's ephemeral range. ``bind(0)`` would pick one inside it, the range
+    every outgoing connection takes its local port from: a client connecting between the pick and the
+    server's bind (another service starting, a pool opening) could take the port and the server would
+    fail with "address already in use". Another server picking the same port is still possible, and
+    unlikely among thousands of random ports: bind it soon.
+    """
+    low, _high = _ephemeral_range()
+    candidates = range(max(1024, low - _LISTEN_PORTS), low)
+    for _ in range(100):
+        port = random.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # that band is full: any free port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
