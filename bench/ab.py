@@ -36,14 +36,17 @@ def _python_path(tree: Path) -> str:
     return os.pathsep.join(str(p) for p in parts)
 
 
-def _run(label: str, tree: Path, env: dict[str, str], bench_args: list[str]) -> dict[str, Any]:
+def _run(label: str, tree: Path, env: dict[str, str], bench_args: list[str]) -> dict[str, Any] | None:
+    """One run's headline figures; None when it failed (its stderr tail is printed)."""
     _err.print(f"[bold]{label}[/]: python -m bench {' '.join(bench_args)} (in {tree})")
     done = subprocess.run(
         [sys.executable, "-m", "bench", *bench_args, "--no-write"],
         cwd=tree, env=env, capture_output=True, text=True, check=False,
     )
     if done.returncode != 0:
-        raise SystemExit(f"{label} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        _err.print(f"[red]{label} run failed (exit {done.returncode}); left out of the comparison[/]:\n"
+                   f"{done.stderr[-3000:]}")
+        return None
     document = json.loads(done.stdout[done.stdout.index("{"):])
     return {k: v for k, v in document.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("cores", "duration_s")}
@@ -51,6 +54,7 @@ def _run(label: str, tree: Path, env: dict[str, str], bench_args: list[str]) -> 
 
 def compare(against: str, bench_args: list[str], rounds: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+    failed = {"old": 0, "new": 0}
     with tempfile.TemporaryDirectory(prefix="cth-ab-") as tmp:
         worktree = Path(tmp) / "old"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(worktree), against],
@@ -60,8 +64,15 @@ def compare(against: str, bench_args: list[str], rounds: int) -> dict[str, Any]:
             new_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
             for round_no in range(1, rounds + 1):
                 _err.print(f"round {round_no}/{rounds}")
-                runs["old"].append(_run(f"old ({against})", worktree, old_env, bench_args))
-                runs["new"].append(_run("new (working tree)", ROOT, new_env, bench_args))
+                # A failed run (e.g. a service that could not start) costs its own figures, not the
+                # rounds already measured.
+                for side, label, tree, env in (("old", f"old ({against})", worktree, old_env),
+                                               ("new", "new (working tree)", ROOT, new_env)):
+                    result = _run(label, tree, env, bench_args)
+                    if result is None:
+                        failed[side] += 1
+                    else:
+                        runs[side].append(result)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
                            check=False)
@@ -72,7 +83,8 @@ def compare(against: str, bench_args: list[str], rounds: int) -> dict[str, Any]:
         new = [r[key] for r in runs["new"] if key in r]
         ratio = (statistics.median(new) / statistics.median(old)) if old and new and statistics.median(old) else None
         summary[key] = {"old": old, "new": new, "median_ratio_new_to_old": round(ratio, 3) if ratio else None}
-    return {"against": against, "bench_args": bench_args, "rounds": rounds, "figures": summary}
+    return {"against": against, "bench_args": bench_args, "rounds": rounds, "failed_runs": failed,
+            "figures": summary}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         table.add_row(key, " / ".join(f"{v:,}" for v in row["old"]), " / ".join(f"{v:,}" for v in row["new"]),
                       "" if row["median_ratio_new_to_old"] is None else f"{row['median_ratio_new_to_old']:.3f}")
     Console(width=max(Console().width, 140)).print(table)
+    if any(result["failed_runs"].values()):
+        _err.print(f"failed runs, left out: {result['failed_runs']}")
 
 
 if __name__ == "__main__":
