@@ -376,3 +376,24 @@ async def test_the_lane_priority_write_reaches_its_members_active_gaps_through_t
         plan = "\n".join(r[0] for r in rows)
         await conn.execute("RESET plan_cache_mode")
     assert any("Index Cond" in line and "member_id" in line for line in plan.splitlines()), plan
+
+
+async def test_a_priority_change_updates_the_gap_in_place(pool: Any) -> None:
+    # Every lane re-ranks its members' active gaps: those updates must be HOT (the row's new version
+    # on its page, no new index entries), which no index on the priority and room on the page allow.
+    await pool.execute(
+        "INSERT INTO gaps(gap_id, tenant, member_id, encounter_id, measure, measure_version, discharged_at,"
+        " window_start, due_date, overdue_at, status, owner_role, opened_event_id)"
+        " SELECT 'G-HOT-' || i, 't', 'M-HOT-' || (i % 50), 'E-HOT-' || i, 'm', 'v', now(), current_date,"
+        " current_date, now(), (ARRAY['open', 'overdue'])[1 + i % 2], 'pcp', 'ev' FROM generate_series(1, 2000) AS i")
+    updated = hot = 0
+    for lane in range(40):  # lanes re-rank a few members each: every member's gaps, four times over
+        members = {f"M-HOT-{(5 * lane + k) % 50}": 1.0 + lane for k in range(5)}
+        counts = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relid = 'gaps'::regclass"
+        async with pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(counts)  # (not yet reported this backend's counts: a difference)
+            await store.set_priorities(conn, {}, members, [])
+            after = await conn.fetchrow(counts)
+        updated, hot = updated + after[0] - before[0], hot + after[1] - before[1]
+    assert updated == 4 * 2000
+    assert hot >= 0.9 * updated, (updated, hot)
