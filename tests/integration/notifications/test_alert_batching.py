@@ -10,20 +10,17 @@ in one statement each.
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 from cth_shared.db import create_pool, run_migrations
-from cth_shared.messaging.consumer import BatchProcessor, is_transient
+from cth_shared.messaging.consumer import BatchProcessor
 from cth_shared.testing import statements_after, statements_sent
 from notification_support import MEMBER, PCP_TIN, event_bytes
-from notifications import store
 from notifications.domain.rules import rule_set
 from notifications.handlers import AlertHandlers
 from notifications.settings import NotificationSettings
@@ -185,23 +182,13 @@ async def test_a_lane_of_admissions_reads_once_and_writes_once_per_table(
     def count(prefix: str) -> int:
         return sum(1 for q in sent if q.startswith(prefix))
 
-    assert count("WITH fact AS") == 1  # twenty facts, sixty alerts, their numbers and their deliveries
+    assert count("WITH fact AS") == 1  # twenty facts, sixty alerts and their deliveries
     assert count("SELECT * FROM subscriptions") == 1  # for every organization of the lane's care teams
     assert count("SELECT member_id, effective_from, effective_to, care_team FROM care_team_history") == 1
     assert count("SELECT encounter_id, cancels, cancelled_at FROM encounter_cancels") == 1
-    assert count("WITH pending AS") == 0  # numbered as they are inserted, not by an update of each row after
-    # The insert locks the recipients' counters until the commit: nothing but the outbox's comes after it.
-    assert statements_after(sent, "WITH fact AS") == ["INSERT INTO outbox", "COMMIT;"]
-    numbers = await pool.fetch("SELECT organization_id, recipient_id, array_agg(sequence ORDER BY sequence) AS s"
-                               " FROM notifications WHERE encounter_id LIKE 'SEG-M%' GROUP BY 1, 2")
-    assert all(list(r["s"]) == list(range(1, len(r["s"]) + 1)) for r in numbers), numbers  # gapless, from 1
-    # (the PCP of the ten odd members, in one organization, is one recipient: numbers 1 to 10)
-    assert [len(r["s"]) for r in numbers if r["organization_id"] == PCP_TIN] == [10]
-    published = {r["id"]: r["sequence"] for r in await pool.fetch(
-        "SELECT convert_from(payload, 'UTF8')::jsonb -> 'data' ->> 'notification_id' AS id,"
-        " (convert_from(payload, 'UTF8')::jsonb -> 'data' ->> 'sequence')::bigint AS sequence FROM outbox")}
-    assert published == {r["notification_id"]: r["sequence"] for r in await pool.fetch(
-        "SELECT notification_id, sequence FROM notifications WHERE encounter_id LIKE 'SEG-M%'")}
+    assert count("WITH pending AS") == 1  # sequence numbers
+    # They lock the recipients' counters until the commit: nothing but the outbox's insert comes after them.
+    assert statements_after(sent, "WITH pending AS") == ["INSERT INTO outbox", "COMMIT;"]
     assert not [q for q in sent if "pg_notify" in q and not q.startswith("WITH fact AS")]  # announced with the insert
     assert count("INSERT INTO encounters") == 1
     assert count("SELECT member_id, encounter_id, discharged_at FROM member_discharges") == 1  # readmission check
@@ -215,44 +202,3 @@ async def test_a_lane_of_discharges_records_them_in_one_statement(isolated: Any,
 
     assert sum(1 for q in sent if "member_discharges" in q) == 2, "one read, one write"
     assert await pool.fetchval("SELECT count(*) FROM member_discharges WHERE encounter_id LIKE 'SEG-D-%'") == 20
-
-
-def _alert(notification_id: str, subject_key: str) -> store.NewNotification:
-    return store.NewNotification(
-        notification_id=notification_id, organization_id=PCP_TIN, recipient_id="1234567893", recipient_role="pcp",
-        member_id=MEMBER, kind="admit", priority="routine", retraction=False, retracts_id=None,
-        subject_key=subject_key, encounter_id=subject_key, patient_class="inpatient",
-        event_time=datetime(2026, 3, 1, tzinfo=UTC), due_date=None, content={}, source_event_id="e",
-        rules_version="v1")
-
-
-async def test_an_alert_another_transaction_inserts_meanwhile_retries_the_numbering_without_a_gap(
-    isolated: Any,
-) -> None:
-    pool = await create_pool(isolated.database_url, schema="notif_race", application_name="alert-race-test",
-                             max_size=2)
-    try:
-        await run_migrations(pool, "notif_race", "notifications")
-        first, second = store.AlertsToInsert(None, [_alert("N-x", "SEG-X")], [[]], None), \
-            store.AlertsToInsert(None, [_alert("N-x", "SEG-X"), _alert("N-y", "SEG-Y")], [[], []], None)
-        async with pool.acquire() as one, pool.acquire() as two:
-            tx_one = one.transaction()
-            await tx_one.start()
-            assert await store.insert_alerts(one, [first], numbered=True) == {"N-x": 1}
-            # The second waits for the first's counter, then finds N-x inserted after its snapshot:
-            # the number it took for it would be a gap.
-            with pytest.raises(store.ConcurrentInsert) as raised:
-                async with two.transaction():  # (rolled back by the error, as a lane's is)
-                    racing = asyncio.create_task(store.insert_alerts(two, [second], numbered=True))
-                    await asyncio.sleep(0.3)
-                    assert not racing.done()
-                    await tx_one.commit()
-                    await racing
-            assert is_transient(raised.value)  # the lane retries: then N-x is known and N-y gets number 2
-            async with two.transaction():
-                assert await store.insert_alerts(two, [second], numbered=True) == {"N-y": 2}
-        assert [tuple(r) for r in await pool.fetch(
-            "SELECT notification_id, sequence FROM notifications ORDER BY sequence")] == [("N-x", 1), ("N-y", 2)]
-        assert await pool.fetchval("SELECT last_sequence FROM recipient_sequences") == 2
-    finally:
-        await pool.close()

@@ -115,23 +115,3 @@ async def test_read_for_lane_fetches_the_lanes_keys_once_and_a_key_outside_the_l
     assert await uow.read_for_lane("rows", "M2", subjects, fetch, list) == ["written by this lane"]
     assert await uow.read_for_lane("rows", "M9", subjects, fetch, list) == []
     assert fetched == [["M1", "M2"], ["M9"]]
-
-
-async def test_a_finisher_knows_whether_the_flush_runs_it_and_what_is_still_queued() -> None:
-    uow = new_uow()
-    seen: list[tuple[str, bool, bool]] = []
-
-    async def alerts(u: UnitOfWork, items: list[Any]) -> None:
-        seen.append(("alerts", u.flushing, u.queued("numbers")))
-        u.defer("numbers", "n", numbers, last=True)
-
-    async def numbers(u: UnitOfWork, items: list[Any]) -> None:
-        seen.append(("numbers", u.flushing, u.queued("numbers")))
-
-    uow.defer("alerts", "a1", alerts, last=True)
-    assert uow.queued("alerts") and not uow.queued("numbers")
-    await uow.run_deferred(("alerts",))  # a read must see them: not the flush
-    uow.defer("alerts", "a2", alerts, last=True)
-    await uow.flush()  # (nothing published: the outbox is not written)
-    assert seen == [("alerts", False, False), ("alerts", True, True), ("numbers", True, False)]
-    assert not uow.flushing and not uow.queued("numbers")

@@ -4,11 +4,11 @@ The flow for every alerting event: resolve the care team in force at the EVENT's
 (not processing time), decide kind + recipients with the versioned rules
 (``domain.rules``), cut the content to each recipient's role (``domain.content``), and queue
 the fact, one alert per (recipient, subject, kind) and its push deliveries. The lane writes
-what it queued in one statement (``UnitOfWork.defer``), last at its end (other lanes with the
-same recipients wait for it to commit), and that statement gives the new alerts their recipients'
-next sequence numbers (counters locked in a fixed order, so concurrent lanes never deadlock) and
-NOTIFYs the live inbox streams; then the lane publishes ``notification.created``. Alerts a read
-must see earlier (late care teams, cancels) are written before it and numbered at the end. The care
+what it queued in one statement (``UnitOfWork.defer``), at its end or before a read that must
+see it (late care teams, cancels), and the same statement NOTIFYs the live inbox streams; then,
+once per lane and last (other lanes with the same recipients wait for it to commit), it gives the
+new alerts their recipients' next sequence numbers in one statement (counters locked in a fixed
+order, so concurrent lanes never deadlock) and publishes ``notification.created``. The care
 teams, cancels and earlier discharges of the lane's members and encounters are read once, for
 all of them, on the first need; the encounter rows (a read model nothing in a lane reads back)
 are written with the lane's others in one statement."""
@@ -178,16 +178,10 @@ async def _save_discharges(uow: UnitOfWork, changes: list[tuple[str, str, dateti
 
 
 async def _finish_new_alerts(uow: UnitOfWork, alerts: list[_NewAlert]) -> None:
-    """Sequence numbers and ``notification.created`` for the lane's alerts inserted before its end (their
-    insert announced them), at once. The numbering locks the recipients' counters until the transaction
-    commits, and other lanes with the same recipients wait for them: it is the last statement before
-    the outbox's."""
+    """Sequence numbers and ``notification.created`` for a batch's new alerts at once (their insert
+    announced them). The numbering locks the recipients' counters until the transaction commits, and
+    other lanes with the same recipients wait for them: it is the last statement before the outbox's."""
     sequences = await store.assign_sequences(uow.conn, [a.notification_id for a in alerts])
-    _publish_created(uow, alerts, sequences)
-
-
-def _publish_created(uow: UnitOfWork, alerts: Sequence[_NewAlert], sequences: Mapping[str, int | None]) -> None:
-    """``notification.created`` for each alert, in the trace of the event that raised it."""
     for alert in alerts:
         token = otel_context.attach(alert.context)
         uow.cause = alert.cause
@@ -440,7 +434,7 @@ class AlertHandlers:
         uow.defer(_ALERTS, _QueuedAlerts(
             store.AlertsToInsert(fact, [n for _, n in alerts], targets, store.current_traceparent()),
             cause=uow.cause, context=otel_context.get_current(),
-        ), _insert_alerts, per_event_when_isolated=True, last=True)
+        ), _insert_alerts, per_event_when_isolated=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,24 +448,15 @@ class _QueuedAlerts:
 
 async def _insert_alerts(uow: UnitOfWork, queued: list[_QueuedAlerts]) -> None:
     """The queued facts, alerts and deliveries in one statement; each alert inserted now (not one this
-    recipient already had: a resend, a replay or a second instance of the fact) gets its sequence number
-    and its ``notification.created``.
-
-    At the lane's end (a ``last`` kind, run by the flush) the same statement numbers them: the counters'
-    locks are then held only for the outbox's insert and the commit, as by a numbering of its own, and
-    each alert row is written once. Alerts inserted earlier (a read had to see them: cancels, late care
-    teams, or the isolated pass) are numbered at the end, after any inserted then, in raising order
-    (:func:`_finish_new_alerts`)."""
-    numbered = uow.flushing and not uow.queued(_NEW_ALERTS)
-    inserted = await store.insert_alerts(uow.conn, [q.rows for q in queued], numbered=numbered)
-    sequences = dict(inserted)
-    new_alerts = []
+    recipient already had: a resend, a replay or a second instance of the fact) waits for its sequence
+    number and its ``notification.created`` (:func:`_finish_new_alerts`)."""
+    inserted = await store.insert_alerts(uow.conn, [q.rows for q in queued])
     for q in queued:
         for n in q.rows.alerts:
             if n.notification_id not in inserted:
                 continue
-            del inserted[n.notification_id]  # a later copy of it in this lane was skipped by the insert
-            new_alerts.append(_NewAlert(
+            inserted.discard(n.notification_id)  # a later copy of it in this lane was skipped
+            uow.defer(_NEW_ALERTS, _NewAlert(
                 notification_id=n.notification_id, organization_id=n.organization_id,
                 recipient_id=n.recipient_id, member_id=n.member_id, event_time=n.event_time,
                 created={
@@ -482,12 +467,7 @@ async def _insert_alerts(uow: UnitOfWork, queued: list[_QueuedAlerts]) -> None:
                     "source_event_id": n.source_event_id,
                 },
                 cause=q.cause, context=q.context,
-            ))
-    if numbered:
-        _publish_created(uow, new_alerts, sequences)
-        return
-    for alert in new_alerts:
-        uow.defer(_NEW_ALERTS, alert, _finish_new_alerts, last=True)
+            ), _finish_new_alerts, last=True)
 
 
 def _check_subject(event: CloudEvent[Any], member_id: str) -> None:

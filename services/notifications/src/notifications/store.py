@@ -10,7 +10,6 @@ from datetime import date, datetime
 from typing import Any
 
 import asyncpg
-from cth_shared.messaging.consumer import RetryTransaction
 from opentelemetry import propagate
 
 from .domain.rules import CareTeamEntry, Subscription
@@ -235,29 +234,26 @@ class NewNotification:
     rules_version: str
 
 
-_FACTS = (
-    # The facts: the first per subject and kind wins, like the alerts.
-    "fact AS ("
+_INSERT_ALERTS = (
+    # The facts (first per subject and kind wins, like the alerts), the alerts (a duplicate is skipped, so it
+    # never consumes a sequence number: numbers come later, see assign_sequences) and one pending delivery
+    # per push subscription of each alert actually inserted (endpoint copied: later edits don't reroute
+    # history; deliveries in the alerts' order, as delivery ids order a member's deliveries): one round trip.
+    "WITH fact AS ("
     " INSERT INTO alert_facts(subject_key, kind, member_id, event_time, encounter_id, patient_class, due_date,"
     " facts, parties, source_event_id)"
     " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],"
     " $7::date[], $8::jsonb[], $9::jsonb[], $10::text[])"
-    " ON CONFLICT (subject_key, kind) DO NOTHING)"
-)
-_ALERT_COLUMNS = (
-    "notification_id, organization_id, recipient_id, recipient_role, member_id, kind, priority, retraction,"
-    " retracts_id, subject_key, encounter_id, patient_class, event_time, due_date, content, source_event_id,"
-    " rules_version"
-)
-_ALERT_ROWS = (
-    "unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],"
-    " $18::boolean[], $19::text[], $20::text[], $21::text[], $22::text[], $23::timestamptz[], $24::date[],"
-    " $25::jsonb[], $26::text[], $27::text[])"
-)
-_DELIVERIES_AND_NOTIFY = (
-    # One pending delivery per push subscription of each alert actually inserted (endpoint copied: later
-    # edits don't reroute history; in the alerts' order, as delivery ids order a member's deliveries).
-    "queued AS ("
+    " ON CONFLICT (subject_key, kind) DO NOTHING),"
+    " alerts AS ("
+    " INSERT INTO notifications(notification_id, organization_id, recipient_id, recipient_role, member_id, kind,"
+    " priority, retraction, retracts_id, subject_key, encounter_id, patient_class, event_time, due_date, content,"
+    " source_event_id, rules_version)"
+    " SELECT * FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],"
+    " $17::text[], $18::boolean[], $19::text[], $20::text[], $21::text[], $22::text[], $23::timestamptz[],"
+    " $24::date[], $25::jsonb[], $26::text[], $27::text[])"
+    " ON CONFLICT DO NOTHING RETURNING notification_id, organization_id, recipient_id, member_id),"
+    " queued AS ("
     " INSERT INTO deliveries(notification_id, subscription_id, organization_id, member_id, channel, endpoint_url,"
     " traceparent)"
     " SELECT a.notification_id, s.subscription_id, a.organization_id, a.member_id, s.channel, s.endpoint_url,"
@@ -270,50 +266,8 @@ _DELIVERIES_AND_NOTIFY = (
     # The live inbox streams hear of each new alert when the transaction commits (see announce).
     " notified AS (SELECT count(pg_notify($31, json_build_object('event', 'created', 'id', notification_id,"
     " 'org', organization_id, 'recipient', recipient_id)::text)) AS n FROM alerts)"
+    " SELECT coalesce(array_agg(notification_id), '{}') FROM alerts, notified"
 )
-#: Facts, alerts (a duplicate is skipped and gets no sequence number: see assign_sequences) and deliveries.
-_INSERT_ALERTS = (
-    f"WITH {_FACTS}, alerts AS (INSERT INTO notifications({_ALERT_COLUMNS}) SELECT * FROM {_ALERT_ROWS}"
-    " ON CONFLICT DO NOTHING RETURNING notification_id, organization_id, recipient_id, member_id),"
-    f" {_DELIVERIES_AND_NOTIFY}"
-    " SELECT coalesce(array_agg(notification_id), '{}'), NULL::bigint[], NULL::bigint FROM alerts, notified"
-)
-#: The same, the alerts inserted with their recipients' next sequence numbers (as assign_sequences gives
-#: them): the alerts not recorded yet are counted per recipient, the counters move by those counts (locked
-#: in (organization, recipient) order, so concurrent lanes never deadlock) and each alert is numbered in
-#: the given order. An alert another transaction inserts meanwhile is skipped with its number taken: the
-#: caller compares the counts and retries (see insert_alerts). Only a conflict on the id is skipped; any
-#: other unique violation fails the statement (the isolated pass inserts those one event at a time).
-_INSERT_NUMBERED_ALERTS = (
-    f"WITH {_FACTS},"
-    f" given AS (SELECT * FROM {_ALERT_ROWS} WITH ORDINALITY AS g({_ALERT_COLUMNS}, ord)),"
-    " fresh AS (SELECT * FROM given g"
-    "  WHERE NOT EXISTS (SELECT 1 FROM notifications n WHERE n.notification_id = g.notification_id)),"
-    " counts AS (SELECT organization_id, recipient_id, count(*) AS added FROM fresh GROUP BY 1, 2),"
-    " bumped AS ("
-    "  INSERT INTO recipient_sequences AS r(organization_id, recipient_id, last_sequence)"
-    "  SELECT organization_id, recipient_id, added FROM counts ORDER BY organization_id, recipient_id"
-    "  ON CONFLICT (organization_id, recipient_id)"
-    "  DO UPDATE SET last_sequence = r.last_sequence + excluded.last_sequence"
-    "  RETURNING r.organization_id, r.recipient_id, r.last_sequence),"
-    f" alerts AS (INSERT INTO notifications({_ALERT_COLUMNS}, sequence)"
-    "  SELECT f.notification_id, f.organization_id, f.recipient_id, f.recipient_role, f.member_id, f.kind,"
-    "  f.priority, f.retraction, f.retracts_id, f.subject_key, f.encounter_id, f.patient_class, f.event_time,"
-    "  f.due_date, f.content, f.source_event_id, f.rules_version,"
-    "  b.last_sequence - c.added + row_number() OVER (PARTITION BY f.organization_id, f.recipient_id ORDER BY f.ord)"
-    "  FROM fresh f JOIN counts c USING (organization_id, recipient_id) JOIN bumped b USING (organization_id,"
-    "  recipient_id)"
-    "  ON CONFLICT (notification_id) DO NOTHING"
-    "  RETURNING notification_id, organization_id, recipient_id, member_id, sequence),"
-    f" {_DELIVERIES_AND_NOTIFY}"
-    " SELECT coalesce(array_agg(notification_id), '{}'), coalesce(array_agg(sequence), '{}'),"
-    " (SELECT count(*) FROM fresh) FROM alerts, notified"
-)
-
-
-class ConcurrentInsert(RetryTransaction):
-    """Another transaction inserted one of the alerts while this one numbered them: the numbers it took
-    would leave a gap, so the transaction must roll back and retry (it then skips that alert)."""
 
 
 @dataclass(frozen=True)
@@ -333,17 +287,11 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-async def insert_alerts(conn: asyncpg.Connection, batch: Sequence[AlertsToInsert], *, numbered: bool = False
-                        ) -> dict[str, int | None]:
+async def insert_alerts(conn: asyncpg.Connection, batch: Sequence[AlertsToInsert]) -> set[str]:
     """Record the facts, insert the alerts and queue each new alert's push deliveries, for many facts
     in one statement, with the outcome of inserting them one by one in order (the first of a fact or
     an alert wins; a later duplicate queues nothing), and announce each new alert (``created``) to the
-    live inbox streams; returns the alerts actually inserted, in order, with their sequence numbers.
-
-    Unless ``numbered``, they have none yet (:func:`assign_sequences` gives them later). ``numbered``
-    numbers them in the same statement, which locks their recipients' counters until the commit: for
-    the transaction's last statement but the outbox's. It raises :class:`ConcurrentInsert` when another
-    transaction inserted one of the alerts meanwhile."""
+    live inbox streams; returns the alert ids actually inserted."""
     facts: dict[tuple[str, str], AlertFact] = {}
     alerts: dict[str, NewNotification] = {}
     pairs: list[tuple[str, str, str | None]] = []
@@ -359,8 +307,8 @@ async def insert_alerts(conn: asyncpg.Connection, batch: Sequence[AlertsToInsert
         return set()
     f = list(facts.values())
     a = list(alerts.values())
-    ids, sequences, fresh = await conn.fetchrow(
-        _INSERT_NUMBERED_ALERTS if numbered else _INSERT_ALERTS,
+    inserted = await conn.fetchval(
+        _INSERT_ALERTS,
         [x.subject_key for x in f], [x.kind for x in f], [x.member_id for x in f], [x.event_time for x in f],
         [x.encounter_id for x in f], [x.patient_class for x in f], [x.due_date for x in f],
         [json.dumps(x.facts, default=_json_default) for x in f],
@@ -374,12 +322,7 @@ async def insert_alerts(conn: asyncpg.Connection, batch: Sequence[AlertsToInsert
         [x.rules_version for x in a],
         [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs], NEW_ALERT_CHANNEL,
     )
-    if not numbered:
-        return dict.fromkeys(ids)
-    if fresh != len(ids):
-        raise ConcurrentInsert(f"{fresh - len(ids)} of the alerts were inserted by another transaction")
-    numbers = dict(zip(ids, sequences, strict=True))
-    return {alert.notification_id: numbers[alert.notification_id] for alert in a if alert.notification_id in numbers}
+    return set(inserted)
 
 
 async def assign_sequences(conn: asyncpg.Connection, notification_ids: Sequence[str]) -> dict[str, int]:

@@ -80,18 +80,11 @@ class Rejected(Exception):
         self.detail = detail
 
 
-class RetryTransaction(Exception):
-    """Raised by a handler or by queued work when a concurrent transaction got there first in a way
-    this one cannot absorb (e.g. it would leave a gap in a numbering): a transient failure, the
-    transaction rolls back and retries, and sees the other's work then."""
-
-
 class _IsolationNeeded(Exception):
     """A handler failed during the optimistic (savepoint-free) pass: redo the batch isolated."""
 
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    RetryTransaction,
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,

@@ -75,9 +75,6 @@ class UnitOfWork:
     #: other transactions change). A handler that caches what its own transaction writes must drop
     #: the entry when it writes; a rolled-back savepoint drops them all (:meth:`rollback_to`).
     memo: dict[Any, Any] = field(default_factory=dict)
-    #: True while :meth:`flush` runs the queued work: a finisher then knows that only other queued work
-    #: (the ``last`` kinds after the others) and the outbox's insert follow it in the transaction.
-    flushing: bool = False
 
     def defer(self, kind: str, item: Any, finisher: Finisher, *, per_event_when_isolated: bool = False,
               last: bool = False) -> None:
@@ -101,10 +98,6 @@ class UnitOfWork:
             self._last_kinds.add(kind)
         self._queued += 1
         self.deferred.append((self._queued, kind, item))
-
-    def queued(self, kind: str) -> bool:
-        """Whether work of ``kind`` is queued and has not run yet."""
-        return any(entry[1] == kind for entry in self.deferred)
 
     async def run_deferred(self, kinds: Collection[str] | None = None) -> None:
         """Run the queued work of ``kinds`` (all when None) now, kind by kind in the order the
@@ -200,11 +193,7 @@ class UnitOfWork:
 
     async def flush(self) -> int:
         """Run deferred work, then write queued rows to the outbox table (inside the caller's transaction)."""
-        self.flushing = True
-        try:
-            await self.run_deferred()
-        finally:
-            self.flushing = False
+        await self.run_deferred()
         self._ran.clear()
         if not self.rows:
             return 0
