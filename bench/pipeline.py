@@ -416,7 +416,7 @@ class Pipeline:
         for name, (module, _schema) in SERVICES.items():
             self.services[name] = ServiceProcess(module, {**env, "HTTP_PORT": str(free_port())},
                                                  log_dir=self.workdir / "logs")
-        await asyncio.gather(*(svc.wait_healthy(timeout=90) for svc in self.services.values()))
+        await asyncio.gather(*(svc.wait_healthy_on_a_free_port(timeout=90) for svc in self.services.values()))
         mode = "off"
         if tracing:
             mode = "on: spans to a JSONL file" + (", per-SQL-statement spans" if sql_spans else "")

@@ -276,16 +276,8 @@ class Hub:
     async def _launch(self, module: str) -> None:
         """Start and wait until healthy; a port taken meanwhile by another process gets a new one."""
         process = self.processes[module]
-        for _attempt in range(3):
-            process.start()
-            try:
-                await process.wait_healthy(timeout=240)  # a loaded machine (CI) can be slow to answer
-                return
-            except AssertionError:
-                if process.running or "Address already in use" not in process.log_tail(3):
-                    raise
-                process.env["HTTP_PORT"] = str(free_port())
-        raise AssertionError(f"{module}: no free HTTP port after 3 attempts")
+        process.start()
+        await process.wait_healthy_on_a_free_port(timeout=240)  # a loaded machine (CI) can be slow to answer
 
     def logs(self) -> str:
         return "\n".join(p.log_tail(30) for p in self.processes.values())

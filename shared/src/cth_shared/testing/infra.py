@@ -436,6 +436,20 @@ class ServiceProcess:
             raise RuntimeError(f"{self.module}: HTTP_PORT is not set in its environment")
         return f"http://127.0.0.1:{port}"
 
+    async def wait_healthy_on_a_free_port(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        """:meth:`wait_healthy`; when the service could not bind its ``HTTP_PORT`` because another process
+        took the port between its pick and the bind, start it again on a new :func:`free_port` (at most
+        ``attempts`` starts in all)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.wait_healthy(timeout=timeout)
+                return
+            except AssertionError:
+                if self.running or "Address already in use" not in self.log_tail(3) or attempt == attempts:
+                    raise
+            self.env["HTTP_PORT"] = str(free_port())
+            self.start()
+
     async def wait_healthy(self, url: str | None = None, timeout: float = 30.0) -> None:
         """Poll ``GET {url}/healthz`` until it answers 200; fail early if the process exits."""
         import httpx
