@@ -247,12 +247,13 @@ class GroupOffsets:
     two cores the pipeline keeps busy. An offset fetch is one small broker request per partition.
     """
 
-    def __init__(self, bootstrap: str) -> None:
-        self._bootstrap = bootstrap
-        self._partitions = {spec.name: spec.partitions for spec in all_topic_specs()}
+    def __init__(self, bootstrap: str, topic_prefix: str = "") -> None:
+        self._prefix = topic_prefix
+        self._partitions = {spec.name: spec.partitions for spec in all_topic_specs(topic_prefix)}
         # No subscription: these consumers never join their group, they only read its commits.
         self._consumers = {
-            schema: AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=service, enable_auto_commit=False)
+            schema: AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{topic_prefix}{service}",
+                                     enable_auto_commit=False)
             for service, (_module, schema) in SERVICES.items()
         }
 
@@ -263,13 +264,14 @@ class GroupOffsets:
         await asyncio.gather(*(consumer.stop() for consumer in self._consumers.values()), return_exceptions=True)
 
     async def consumed(self, schema: str) -> dict[str, int]:
+        """Records consumed by the service of ``schema``, by (unprefixed) topic it subscribes to."""
         consumer = self._consumers[schema]
-        partitions = [TopicPartition(topic, p) for topic in SUBSCRIPTIONS[schema]
-                      for p in range(self._partitions[topic])]
-        offsets = await asyncio.gather(*(consumer.committed(tp) for tp in partitions))
+        partitions = [(topic, TopicPartition(f"{self._prefix}{topic}", p)) for topic in SUBSCRIPTIONS[schema]
+                      for p in range(self._partitions[f"{self._prefix}{topic}"])]
+        offsets = await asyncio.gather(*(consumer.committed(tp) for _, tp in partitions))
         seen: Counter[str] = Counter()
-        for tp, offset in zip(partitions, offsets, strict=True):
-            seen[tp.topic] += offset or 0
+        for (topic, _), offset in zip(partitions, offsets, strict=True):
+            seen[topic] += offset or 0
         return dict(seen)
 
 
