@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import statistics
@@ -228,12 +229,9 @@ class Observer:
         await self._consumer.stop()
 
 
-#: The topics each service consumes (by schema), as its ``main`` subscribes.
-SUBSCRIPTIONS = {
-    "attribution": ("enrollment", "claims", "virtual-visits", "provider-directory"),
-    "referrals": ("referral-requests", "encounters", "provider-directory", "enrollment", "claims"),
-    "care_gaps": ("encounters", "virtual-visits", "claims", "enrollment", "attribution"),
-    "notifications": ("encounters", "attribution", "care-gaps", "referrals"),
+#: The topics each service consumes (by schema): what its ``main`` subscribes to.
+SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    schema: tuple(importlib.import_module(f"{module}.main").TOPICS) for module, schema in SERVICES.values()
 }
 
 

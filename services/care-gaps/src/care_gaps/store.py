@@ -18,7 +18,7 @@ from .domain.evidence import Evidence
 ACTIVE = ("open", "overdue")
 #: ``ACTIVE`` as SQL, written out so that the planner can use the partial index of active gaps by member
 #: (a parameter cannot be proven to match its predicate).
-_ACTIVE_SQL = "status IN ('open', 'overdue')"
+_ACTIVE_SQL = f"status IN ({', '.join(repr(status) for status in ACTIVE)})"
 
 _GAP_COLUMNS = (
     "gap_id, tenant, member_id, encounter_id, measure, measure_version, discharged_at, window_start, due_date,"

@@ -10,6 +10,8 @@ from .domain.rules import rule_set
 from .handlers import AlertHandlers
 from .settings import NotificationSettings
 
+TOPICS = ["encounters", "attribution", "care-gaps", "referrals"]
+
 
 def build_definition(settings: NotificationSettings) -> ServiceDefinition:
     rules = rule_set(settings.alert_rules_version)  # unknown version: fail at start-up, not per event
@@ -22,7 +24,7 @@ def build_definition(settings: NotificationSettings) -> ServiceDefinition:
         name="notifications",
         schema="notifications",
         migrations_package="notifications",
-        topics=["encounters", "attribution", "care-gaps", "referrals"],
+        topics=TOPICS,
         handlers=handlers,  # type: ignore[arg-type]  # a ctx -> mapping factory
         api=create_api,
         background=[delivery_job],

@@ -37,6 +37,9 @@ def _directory(ctx: ServiceContext) -> DirectoryCache:
     return directory
 
 
+TOPICS = ["referral-requests", "encounters", "provider-directory", "enrollment", "claims"]
+
+
 def build_handlers(ctx: ServiceContext) -> dict[str, Handler]:
     """The handler mapping, closed over configuration and the directory index."""
     settings = _settings(ctx)
@@ -77,7 +80,7 @@ DEFINITION = ServiceDefinition(
     name="referrals",
     schema="referrals",
     migrations_package="referrals",
-    topics=["referral-requests", "encounters", "provider-directory", "enrollment", "claims"],
+    topics=TOPICS,
     handlers=build_handlers,
     api=create_api,
     background=(refresh_directory, expire_reservations),
