@@ -154,7 +154,7 @@ class JsonLogFormatter(logging.Formatter):
         if span_context.is_valid:
             payload["trace_id"] = f"{span_context.trace_id:032x}"
             payload["span_id"] = f"{span_context.span_id:016x}"
-        for key in ("service", "event_id", "event_type", "topic", "reason"):
+        for key in ("service", "event_id", "event_type", "topic", "reason", "step", "attempt", "retry_in_s"):
             if hasattr(record, key):
                 payload[key] = getattr(record, key)
         if record.exc_info and record.exc_info[0] is not None:

@@ -54,7 +54,7 @@ import asyncpg
 from aiokafka import ConsumerRecord
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never, wait_exponential_jitter
 
 from ..contracts import CloudEvent, ContractError, dlq_topic, parse_event, topic_name
 from .outbox import UnitOfWork
@@ -107,13 +107,35 @@ def lane_of(key: bytes | None, lanes: int) -> int:
     return zlib.crc32(key) % lanes if key else 0
 
 
-def _until_not_transient() -> AsyncRetrying:
-    """Retries while the failure is transient, with exponential backoff (the partition waits)."""
+#: How long a lane waits for a pooled connection before that counts as a transient failure (retried
+#: and logged): a pool that hands out nothing must not hold a partition silently.
+ACQUIRE_TIMEOUT_S = 30.0
+
+
+def _until_not_transient(service: str, step: str, retries: Any) -> AsyncRetrying:
+    """Retries while the failure is transient, with exponential backoff (the partition waits).
+
+    Every retry is logged (a warning with the step, the attempt, the error's type and the wait; never
+    its message, which can quote event values) and counted in ``batch.retries``: a partition held by a
+    database that is down shows in the logs and the metrics, not as a silent stall."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome is not None else None
+        error = type(failure).__name__ if failure is not None else "unknown"
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        retries.add(1, {"service": service, "step": step, "error": error})
+        _log.warning(
+            "transient failure; retrying",
+            extra={"service": service, "step": step, "attempt": state.attempt_number, "reason": error,
+                   "retry_in_s": round(wait, 2)},
+        )
+
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
         wait=wait_exponential_jitter(initial=0.1, max=10),
         stop=stop_never,
         reraise=True,
+        before_sleep=before_sleep,
     )
 
 
@@ -162,6 +184,7 @@ class BatchProcessor:
         self._dead = meter.create_counter("events.dead_lettered", unit="{event}")
         self._latency = meter.create_histogram("handler.batch.duration", unit="ms")
         self._after_batch_failures = meter.create_counter("after_batch.failures", unit="{batch}")
+        self._retries = meter.create_counter("batch.retries", unit="{attempt}")
         self.last_batch_at: float | None = None
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
@@ -236,9 +259,9 @@ class BatchProcessor:
         if not events:
             return
         try:
-            async for attempt in _until_not_transient():
+            async for attempt in _until_not_transient(self.service, "after_batch", self._retries):
                 with attempt:
-                    async with self._pool.acquire() as conn, conn.transaction():
+                    async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                         uow = self._unit_of_work(conn)
                         await self.after_batch(uow, events)
                         self._written += await uow.flush()
@@ -250,7 +273,7 @@ class BatchProcessor:
 
     async def _apply_with_retry(self, parsed: list[_Parsed]) -> None:
         """Apply records in one transaction, retrying transient failures (the partition waits)."""
-        async for attempt in _until_not_transient():
+        async for attempt in _until_not_transient(self.service, "lane", self._retries):
             with attempt:
                 try:
                     # Optimistic pass: the whole batch in one transaction without a savepoint per
@@ -264,7 +287,7 @@ class BatchProcessor:
         self, parsed: list[_Parsed], *, isolate: bool = True
     ) -> None:
         batch_span = trace.get_current_span()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
             keys = [
                 item.id if isinstance(item, CloudEvent) else f"dlq:{rec.topic}:{rec.partition}:{rec.offset}"
                 for rec, item in parsed
