@@ -312,3 +312,50 @@ def test_a_rejected_phi_value_is_never_echoed_in_the_error(name: str, data: st.D
     except ContractError as error:
         marker = (value["city"] if isinstance(value, dict) else value).strip("\x01\x07")[:6]
         assert marker not in error.detail and marker not in str(error), (path, error.detail)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ce_type header as a parsing hint: the same event, or the same error, as without it.
+
+
+def outcome_with(raw: bytes | str, type_hint: str | None) -> Any:
+    try:
+        return parse_event(raw, type_hint=type_hint)
+    except ContractError as error:
+        return ("rejected", error.reason, error.detail)
+
+
+hints = st.sampled_from(TYPES) | st.none() | st.text(max_size=12)
+
+
+@BOUNDED
+@given(mutated_documents(), hints)
+def test_a_type_hint_changes_no_outcome_of_a_mutated_event(document: Any, hint: str | None) -> None:
+    raw = wire(document)
+    assert outcome_with(raw, hint) == outcome_with(raw, None)
+
+
+@BOUNDED
+@given(st.sampled_from(TYPES), st.sampled_from(TYPES), st.dictionaries(st.sampled_from(
+    ["type", "dataschema", "id", "subject", "tenant", "time", "data", "specversion"]), json_values, max_size=3))
+def test_a_wrong_or_repeated_attribute_under_a_type_hint_gives_the_unhinted_outcome(
+    name: str, hint: str, repeated: dict[str, Any]
+) -> None:
+    # The valid event first, then attributes written a second time (JSON parsers keep the last).
+    text = wire(envelope(name, example(name))).decode()
+    raw = text[:-1] + "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in repeated.items()) + "}"
+    assert outcome_with(raw, hint) == outcome_with(raw, None)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_a_current_event_parses_to_the_same_event_with_its_type_as_a_hint(name: str) -> None:
+    raw = wire(envelope(name, example(name)))
+    hinted = parse_event(raw, type_hint=name)
+    assert hinted == parse_event(raw) and type(hinted) is type(parse_event(raw))
+
+
+@BOUNDED
+@given(st.sampled_from(TYPES), st.integers(min_value=-1, max_value=4))
+def test_any_version_under_its_type_as_a_hint_gives_the_unhinted_outcome(name: str, version: int) -> None:
+    raw = wire(envelope(name, example(name), version=version))  # older versions go through their upcasters
+    assert outcome_with(raw, name) == outcome_with(raw, None)

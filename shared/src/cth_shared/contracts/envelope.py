@@ -185,14 +185,29 @@ def _envelope_model(entry: EventType) -> type[CloudEvent[Any]]:
     return model
 
 
-def parse_event(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> CloudEvent[Any]:
+def parse_event(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES, type_hint: str | None = None) -> CloudEvent[Any]:
     """Validate wire bytes into a typed event, upcasting older versions.
 
     Raises :class:`ContractError` (never anything else) for any invalid input.
+
+    ``type_hint`` (the record's ``ce_type`` header, which says nothing for sure) lets a current-version
+    event of that type be validated straight from its bytes, without building a Python document first
+    (about half the CPU). The result is kept only if the event is of the hinted type at the current
+    version; anything else (another type, an older version, an invalid event) goes the ordinary way,
+    so the outcome, and every error, is the same as without a hint.
     """
     size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
     if size > max_bytes:
         raise ContractError("oversize", f"{size} bytes exceeds the {max_bytes} byte limit")
+    hinted = _REGISTRY.get(type_hint) if type_hint is not None else None
+    if hinted is not None:
+        try:
+            event = _envelope_model(hinted).model_validate_json(raw)
+        except (ValueError, TypeError, RecursionError):  # ValidationError is a ValueError
+            pass
+        else:
+            if event.type == hinted.name and event.dataschema == hinted.dataschema:
+                return event
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError) as exc:

@@ -102,6 +102,17 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
+def _type_header(record: ConsumerRecord) -> str | None:
+    """The record's ``ce_type`` header (set by the outbox relay and the producers), a hint for parsing."""
+    for key, value in record.headers or ():
+        if key == "ce_type":
+            try:
+                return bytes(value).decode("ascii")
+            except (UnicodeDecodeError, TypeError):
+                return None
+    return None
+
+
 def lane_of(key: bytes | None, lanes: int) -> int:
     """The lane a record's key goes to (a member's records, from every topic, share one); unkeyed: lane 0."""
     return zlib.crc32(key) % lanes if key else 0
@@ -207,7 +218,8 @@ class BatchProcessor:
         for record in records:
             try:
                 value = record.value if record.value is not None else b""
-                parsed.append((record, parse_event(value, max_bytes=self._max_event_bytes)))
+                parsed.append((record, parse_event(value, max_bytes=self._max_event_bytes,
+                                                   type_hint=_type_header(record))))
             except ContractError as exc:
                 parsed.append((record, exc))
         started = time.perf_counter()
