@@ -125,6 +125,7 @@ INSTRUMENTS = [
     ("handler.batch.duration", "ms", "histogram", True),
     ("outbox.published", "{event}", "counter", True),
     ("outbox.backlog", "{event}", "gauge", True),
+    ("batch.retries", "{attempt}", "counter", True),
     ("alert.end_to_end.duration", "ms", "histogram", False),
     ("webhook.deliveries", "{delivery}", "counter", False),
 ]
@@ -137,6 +138,7 @@ REQUIRED_PANELS = {
     "dlq rate": "events_dead_lettered_total",
     "outbox backlog": "outbox_backlog",
     "webhook success rate": "webhook_deliveries_total",
+    "transient retries": "batch_retries_total",
 }
 
 
