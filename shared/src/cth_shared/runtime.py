@@ -18,6 +18,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -32,6 +33,7 @@ from .broker import make_broker
 from .contracts import all_topic_specs, topic_name
 from .db import create_pool, run_migrations
 from .messaging.consumer import AfterBatch, BatchProcessor, Handler, decode_raw_batch
+from .messaging.inbox import keep_inbox_pruned
 from .messaging.outbox import OutboxRelay, UnitOfWork
 from .settings import ServiceSettings
 from .telemetry import Telemetry, setup_logging, setup_telemetry
@@ -203,6 +205,10 @@ async def serve(definition: ServiceDefinition, settings: ServiceSettings) -> Non
     await broker.start()
     relay_task = asyncio.create_task(relay.run(), name=f"{definition.name}-relay")
     jobs = [asyncio.create_task(job(ctx), name=f"{definition.name}-job") for job in definition.background]
+    if settings.inbox_retention_days:
+        jobs.append(asyncio.create_task(keep_inbox_pruned(
+            pool, service=definition.name, retention=timedelta(days=settings.inbox_retention_days),
+            interval_s=settings.inbox_prune_interval_s), name=f"{definition.name}-inbox-retention"))
     _settle_garbage_collector()
     ready.set()
     _log.info("service ready", extra={"service": definition.name, "reason": f"http {ctx.extras['http_port']}"})
