@@ -5,10 +5,12 @@ and a redelivered batch flags nothing twice."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 from care_gaps import store
@@ -394,6 +396,72 @@ async def test_a_priority_change_updates_the_gap_in_place(pool: Any) -> None:
             before = await conn.fetchrow(counts)  # (not yet reported this backend's counts: a difference)
             await store.set_priorities(conn, {}, members, [])
             after = await conn.fetchrow(counts)
+        updated, hot = updated + after[0] - before[0], hot + after[1] - before[1]
+    assert updated == 4 * 2000
+    assert hot >= 0.9 * updated, (updated, hot)
+
+
+_ENCOUNTER_WRITES = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relid = 'encounters'::regclass"
+
+
+async def test_known_encounters_are_locked_and_returned_without_writing_a_new_version_of_their_rows(
+    pool: Any
+) -> None:
+    first_seen = {f"E-KNOWN-{i}": (f"M-KNOWN-{i % 7}", "t", "I") for i in range(30)}
+    async with pool.acquire() as conn, conn.transaction():
+        created = await store.lane_encounters(conn, first_seen, {})
+    assert sorted(created) == sorted(first_seen)
+
+    async with pool.acquire() as conn, pool.acquire() as other, conn.transaction():
+        before = await conn.fetchrow(_ENCOUNTER_WRITES)
+        again = await store.lane_encounters(conn, {**first_seen, "E-NEW": ("M-KNOWN-0", "t", "E")}, {})
+        after = await conn.fetchrow(_ENCOUNTER_WRITES)
+        assert after[0] - before[0] == 0, "a known encounter's row is not rewritten"
+        assert sorted(again) == sorted([*first_seen, "E-NEW"])
+        assert again["E-NEW"]["patient_class"] == "E" and again["E-KNOWN-3"]["member_id"] == "M-KNOWN-3"
+        # ... but it is locked for the lane's write: another writer cannot take it meanwhile.
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await other.execute("SELECT 1 FROM encounters WHERE encounter_id = 'E-KNOWN-3' FOR UPDATE NOWAIT")
+
+
+async def test_an_encounter_another_transaction_creates_meanwhile_is_read_and_locked_all_the_same(pool: Any) -> None:
+    async with pool.acquire() as conn, pool.acquire() as other:
+        rival = other.transaction()
+        await rival.start()
+        await other.execute("INSERT INTO encounters(encounter_id, member_id, tenant, patient_class)"
+                            " VALUES ('E-RACE', 'M-RACE', 't', 'I')")
+        async with conn.transaction():
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            lane = asyncio.create_task(store.lane_encounters(conn, {"E-RACE": ("M-RACE", "t", "E")}, {}))
+            for _ in range(200):  # the insert waits for the rival's uncommitted row
+                if await other.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the lane never waited for the rival's insert")
+            await rival.commit()
+            rows = await asyncio.wait_for(lane, 10)
+        # Committed after the lane's statement began: not in its snapshot, so read by a second statement.
+        assert rows["E-RACE"]["patient_class"] == "I", "the rival's row, not a second one"
+
+
+async def test_a_lane_writing_its_encounters_updates_them_in_place(pool: Any) -> None:
+    # Lanes write the state of their members' encounters (admissions, discharges, cancels): those updates
+    # must be HOT (the row's new version on its page, no new index entries), which room on the page allows.
+    first_seen = {f"E-HOT-{i}": (f"M-HOT-{i % 50}", "t", "I") for i in range(2000)}
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await store.lane_encounters(conn, first_seen, {})
+    updated = hot = 0
+    for lane in range(40):  # lanes write a few members' encounters each: every encounter, four times over
+        members = {f"M-HOT-{(5 * lane + k) % 50}" for k in range(5)}
+        mine = [row for row in rows.values() if row["member_id"] in members]
+        for row in mine:
+            row["admitted_at"] = datetime(2026, 3, 1, tzinfo=UTC)
+            row["disposition"] = f"{lane % 10:02d}"
+        async with pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(_ENCOUNTER_WRITES)
+            await store.save_encounters(conn, mine)
+            after = await conn.fetchrow(_ENCOUNTER_WRITES)
         updated, hot = updated + after[0] - before[0], hot + after[1] - before[1]
     assert updated == 4 * 2000
     assert hot >= 0.9 * updated, (updated, hot)

@@ -103,17 +103,25 @@ async def upsert_care_team(conn: asyncpg.Connection, member_id: str, tenant: str
 async def lane_encounters(conn: asyncpg.Connection, first_seen: dict[str, tuple[str, str, str]],
                           spans: Mapping[str, tuple[datetime, datetime] | None]) -> dict[str, dict[str, Any]]:
     """In one statement: create the missing encounters of ``first_seen`` (``encounter_id -> (member_id,
-    tenant, patient_class)``, each with its first known values) and return their rows and the other
-    encounter rows of the members in ``spans`` that were discharged or became inpatient within the member's
-    span (``None``: every row of the member), as dicts by encounter id."""
+    tenant, patient_class)``, each with its first known values), lock and return their rows, and return
+    the other encounter rows of the members in ``spans`` that were discharged or became inpatient within
+    the member's span (``None``: every row of the member), as dicts by encounter id.
+
+    An encounter that already exists is locked (``FOR NO KEY UPDATE``: the lane will write it, and another
+    instance working on it during a rebalance waits) without writing a new version of its row, which an
+    ``ON CONFLICT DO UPDATE`` would (a dead row and an entry in each index, for every known encounter of
+    every lane). One created by another transaction after this statement's snapshot is neither inserted
+    nor seen here: a second statement, with a new snapshot, reads and locks it."""
     ids = list(first_seen)
     members = list(spans)
     rows = await conn.fetch(
         "WITH ensured AS ("
         " INSERT INTO encounters(encounter_id, member_id, tenant, patient_class)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
-        " ON CONFLICT (encounter_id) DO UPDATE SET encounter_id = excluded.encounter_id RETURNING *)"
+        " ON CONFLICT (encounter_id) DO NOTHING RETURNING *),"
+        " existing AS (SELECT e.* FROM encounters e WHERE e.encounter_id = ANY($1::text[]) FOR NO KEY UPDATE)"
         " SELECT * FROM ensured"
+        " UNION ALL SELECT * FROM existing"
         " UNION ALL SELECT e.* FROM encounters e"
         " JOIN unnest($5::text[], $6::timestamptz[], $7::timestamptz[]) AS s(member_id, lo, hi)"
         " ON e.member_id = s.member_id"
@@ -122,7 +130,12 @@ async def lane_encounters(conn: asyncpg.Connection, first_seen: dict[str, tuple[
         ids, [first_seen[i][0] for i in ids], [first_seen[i][1] for i in ids], [first_seen[i][2] for i in ids],
         members, [(spans[m] or (None, None))[0] for m in members], [(spans[m] or (None, None))[1] for m in members],
     )
-    return {row["encounter_id"]: dict(row) for row in rows}
+    found = {row["encounter_id"]: dict(row) for row in rows}
+    if late := [i for i in ids if i not in found]:
+        for row in await conn.fetch(
+                "SELECT * FROM encounters WHERE encounter_id = ANY($1::text[]) FOR NO KEY UPDATE", late):
+            found[row["encounter_id"]] = dict(row)
+    return found
 
 
 def member_discharges(encounters: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
