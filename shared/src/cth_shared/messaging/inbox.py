@@ -8,9 +8,10 @@ replay window (``INBOX_RETENTION_DAYS``, default 30 days; 0 keeps every id). An 
 window that is replayed anyway is applied as new.
 
 Pruning deletes at most ``batch`` rows per statement, each in its own short transaction, and yields
-between them, so it never holds a long lock and the consumer's inserts go on meanwhile. The oldest rows
-sit first in the heap (the inbox is append-only), so each batch's scan finds them at once: no index on
-``received_at`` is needed, which would cost every consumed event an extra index entry.
+between them, so it never holds a long lock and the consumer's inserts go on meanwhile. It reads the
+table in heap order, where the oldest rows mostly come first (rows are only ever inserted, and space freed
+by pruning is reused by newer ones), instead of through an index on ``received_at``, which would cost every
+consumed event an extra index entry; a run an hour deletes about an hour's worth of ids.
 """
 
 from __future__ import annotations
