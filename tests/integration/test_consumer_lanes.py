@@ -6,7 +6,6 @@ once even when two lanes deadlock and one is retried."""
 from __future__ import annotations
 
 import asyncio
-import zlib
 from typing import Any
 
 import pytest
@@ -14,22 +13,13 @@ from aiokafka import ConsumerRecord
 from cth_shared.contracts import EXAMPLES, MemberEnrolled, ProviderUpserted, new_event
 from cth_shared.db import create_pool, run_migrations
 from cth_shared.messaging.consumer import BatchProcessor
+from cth_shared.testing import consumer_record as record
 from cth_shared.testing import keys_in_distinct_lanes
+from cth_shared.testing import member_enrolled as enrolled
 
 pytestmark = pytest.mark.integration
 
 LANES = 4
-
-
-def record(topic: str, offset: int, key: str, value: bytes) -> ConsumerRecord:
-    return ConsumerRecord(topic=topic, partition=zlib.crc32(key.encode()) % 6, offset=offset, timestamp=0,
-                          timestamp_type=0, key=key.encode(), value=value, checksum=None,
-                          serialized_key_size=len(key), serialized_value_size=len(value), headers=[])
-
-
-def enrolled(member_id: str, event_id: str) -> bytes:
-    data = MemberEnrolled.model_validate(dict(EXAMPLES["member.enrolled"], member_id=member_id))
-    return new_event(data, subject=member_id, source="urn:test", tenant="t", event_id=event_id).to_json_bytes()
 
 
 def provider(npi: str) -> bytes:

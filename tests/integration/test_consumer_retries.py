@@ -8,29 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import zlib
 from typing import Any
 
 import pytest
-from aiokafka import ConsumerRecord
-from cth_shared.contracts import EXAMPLES, MemberEnrolled, new_event
 from cth_shared.db import create_pool, run_migrations
 from cth_shared.messaging import consumer
 from cth_shared.messaging.consumer import BatchProcessor
 from cth_shared.telemetry import JsonLogFormatter
+from cth_shared.testing import consumer_record, member_enrolled
 
 pytestmark = pytest.mark.integration
 
 SECRET = "Jane Q Patient 1970-01-01"  # stands for event values an exception message could quote
-
-
-def record(topic: str, offset: int, member_id: str) -> ConsumerRecord:
-    data = MemberEnrolled.model_validate(dict(EXAMPLES["member.enrolled"], member_id=member_id))
-    value = new_event(data, subject=member_id, source="urn:test", tenant="t",
-                      event_id=f"{member_id}-e").to_json_bytes()
-    return ConsumerRecord(topic=topic, partition=zlib.crc32(member_id.encode()) % 6, offset=offset, timestamp=0,
-                          timestamp_type=0, key=member_id.encode(), value=value, checksum=None,
-                          serialized_key_size=len(member_id), serialized_value_size=len(value), headers=[])
 
 
 @pytest.fixture
@@ -63,7 +52,8 @@ async def test_a_transient_handler_failure_is_retried_and_each_retry_is_logged_w
                                handlers={"member.enrolled": on_member})
     topic = isolated.topic("enrollment")
     with caplog.at_level(logging.WARNING, logger=consumer.__name__):
-        await processor.process([record(topic, 0, "M1"), record(topic, 1, "M2")])
+        await processor.process([consumer_record(topic, 0, "M1", member_enrolled("M1", "M1-e")),
+                                 consumer_record(topic, 1, "M2", member_enrolled("M2", "M2-e"))])
 
     assert sorted(await pool.fetch("SELECT event_id FROM trail")) == [("M1-e",), ("M2-e",)]
     assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0, "transient: retried, not parked"
@@ -87,7 +77,8 @@ async def test_a_pool_that_hands_out_no_connection_is_a_logged_transient_failure
     topic = isolated.topic("enrollment")
     with caplog.at_level(logging.WARNING, logger=consumer.__name__):
         async with pool.acquire():  # the pool's only connection is taken
-            batch = asyncio.create_task(processor.process([record(topic, 0, "M1")]))
+            record = consumer_record(topic, 0, "M1", member_enrolled("M1", "M1-e"))
+            batch = asyncio.create_task(processor.process([record]))
             for _ in range(100):
                 if retries(caplog):
                     break

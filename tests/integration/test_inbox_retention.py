@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import ConsumerRecord
-from cth_shared.contracts import EXAMPLES, MemberEnrolled, new_event
 from cth_shared.db import create_pool, run_migrations
-from cth_shared.embedded import free_port
 from cth_shared.messaging import inbox
 from cth_shared.messaging.consumer import BatchProcessor
-from cth_shared.testing import ServiceProcess
+from cth_shared.testing import ServiceProcess, consumer_record, free_port, member_enrolled
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +48,6 @@ async def test_ids_older_than_the_window_are_pruned_in_batches_and_newer_ones_ke
         await inbox.prune_inbox(pool, older_than=WINDOW, batch=0)
 
 
-def record(offset: int, member_id: str) -> ConsumerRecord:
-    data = MemberEnrolled.model_validate(dict(EXAMPLES["member.enrolled"], member_id=member_id))
-    value = new_event(data, subject=member_id, source="urn:test", tenant="t",
-                      event_id=f"{member_id}-e").to_json_bytes()
-    return ConsumerRecord(topic="enrollment", partition=zlib.crc32(member_id.encode()) % 6, offset=offset,
-                          timestamp=0, timestamp_type=0, key=member_id.encode(), value=value, checksum=None,
-                          serialized_key_size=len(member_id), serialized_value_size=len(value), headers=[])
-
-
 async def test_a_kept_id_still_stops_a_redelivery_and_a_pruned_one_no_longer_does(pool: Any) -> None:
     applied: list[str] = []
 
@@ -68,7 +55,7 @@ async def test_a_kept_id_still_stops_a_redelivery_and_a_pruned_one_no_longer_doe
         applied.append(event.id)
 
     processor = BatchProcessor(service="echo", pool=pool, tenant="t", handlers={"member.enrolled": on_member})
-    batch = [record(0, "M1"), record(1, "M2")]
+    batch = [consumer_record("enrollment", i, m, member_enrolled(m, f"{m}-e")) for i, m in enumerate(["M1", "M2"])]
     await processor.process(batch)
     await pool.execute("UPDATE inbox SET received_at = now() - interval '31 days' WHERE event_id = 'M1-e'")
     assert await inbox.prune_inbox(pool, older_than=WINDOW) == 1

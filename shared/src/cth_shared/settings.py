@@ -64,11 +64,11 @@ class ServiceSettings(StackSettings):
         "transaction, its reads and its writes, so lanes of one or two events cost more than they overlap)",
     )
     relay_batch_size: int = 500
+    relay_poll_interval_ms: int = Field(200, description="Relay poll when no local commit woke it")
     inbox_retention_days: int = Field(
         30, ge=0, description="Consumed event ids are kept this long to recognise redeliveries, then pruned; "
         "keep it above the topics' retention and any replay window (0 keeps them forever)",
     )
     inbox_prune_interval_s: float = Field(3600, gt=0, description="How often the inbox is pruned")
-    relay_poll_interval_ms: int = Field(200, description="Relay poll when no local commit woke it")
     max_event_bytes: int = 1_048_576
     shutdown_grace_s: float = 10.0

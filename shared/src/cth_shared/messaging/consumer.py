@@ -102,7 +102,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
-def _type_header(record: ConsumerRecord) -> str | None:
+def type_header(record: ConsumerRecord) -> str | None:
     """The record's ``ce_type`` header (set by the outbox relay and the producers), a hint for parsing."""
     for key, value in record.headers or ():
         if key == "ce_type":
@@ -123,7 +123,7 @@ def lane_of(key: bytes | None, lanes: int) -> int:
 ACQUIRE_TIMEOUT_S = 30.0
 
 
-def _until_not_transient(service: str, step: str, retries: Any) -> AsyncRetrying:
+def _until_not_transient(service: str, step: str, retries: metrics.Counter) -> AsyncRetrying:
     """Retries while the failure is transient, with exponential backoff (the partition waits).
 
     Every retry is logged (a warning with the step, the attempt, the error's type and the wait; never
@@ -219,7 +219,7 @@ class BatchProcessor:
             try:
                 value = record.value if record.value is not None else b""
                 parsed.append((record, parse_event(value, max_bytes=self._max_event_bytes,
-                                                   type_hint=_type_header(record))))
+                                                   type_hint=type_header(record))))
             except ContractError as exc:
                 parsed.append((record, exc))
         started = time.perf_counter()

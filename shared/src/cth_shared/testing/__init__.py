@@ -4,11 +4,14 @@ Fixtures (``infra``, ``isolated``) are registered with
 ``pytest_plugins = ["cth_shared.testing.infra"]`` in the root ``tests/conftest.py``.
 """
 
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
+from aiokafka import ConsumerRecord
 
+from cth_shared.contracts import EXAMPLES, MemberEnrolled, new_event
 from cth_shared.messaging.consumer import lane_of
 from cth_shared.testing.infra import (
     Infra,
@@ -19,6 +22,21 @@ from cth_shared.testing.infra import (
     isolated_env,
     start_infra,
 )
+
+
+def consumer_record(topic: str, offset: int, key: str, value: bytes,
+                    headers: Sequence[tuple[str, bytes]] = ()) -> ConsumerRecord:
+    """A record as ``BatchProcessor`` receives it from a fetch (partition from the key, as the broker's
+    partitioner would spread them over six)."""
+    return ConsumerRecord(topic=topic, partition=zlib.crc32(key.encode()) % 6, offset=offset, timestamp=0,
+                          timestamp_type=0, key=key.encode(), value=value, checksum=None,
+                          serialized_key_size=len(key), serialized_value_size=len(value), headers=list(headers))
+
+
+def member_enrolled(member_id: str, event_id: str) -> bytes:
+    """The wire bytes of a valid ``member.enrolled`` event (the contract's example) for ``member_id``."""
+    data = MemberEnrolled.model_validate(dict(EXAMPLES["member.enrolled"], member_id=member_id))
+    return new_event(data, subject=member_id, source="urn:test", tenant="t", event_id=event_id).to_json_bytes()
 
 
 def keys_in_distinct_lanes(count: int, lanes: int, prefix: str = "M") -> list[str]:
