@@ -103,9 +103,9 @@ def git_commit() -> str:
 # --------------------------------------------------------------------------------------------- pipeline
 
 
-def _take(workload: Any, count: int) -> list[tuple[bytes, bytes, str, str]]:
-    """``count`` fresh encounter events (as many copies of the ADT slice as needed)."""
-    events: list[tuple[bytes, bytes, str, str]] = []
+def _take(workload: Any, count: int) -> list[Any]:
+    """``count`` fresh encounter events (``SentEvent``s; as many copies of the ADT slice as needed)."""
+    events: list[Any] = []
     while len(events) < count:
         events += workload.copy(min(count - len(events), len(workload.encounters)))
     return events
@@ -127,7 +127,7 @@ async def run_pipeline(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         # 1. Baseline first, on an idle machine state: same broker, same client, same hops, same record sizes.
         bootstrap = pipeline.stack.kafka_bootstrap_servers
         await create_catalog_topics(bootstrap, "baseline.")
-        payloads = [(key, value) for key, value, _, _ in _take(workload, args.baseline_events)]
+        payloads = [(e.key, e.value, e.headers) for e in _take(workload, args.baseline_events)]
         workload.copies = 1000  # the baseline's copies never reach the services; keep ids apart anyway
         workload.eras_used = 0  # and the services' first copy is the slice's own dates
         progress(f"baseline: {len(payloads)} records through 2 bare consume->produce hops (separate processes)")

@@ -82,9 +82,10 @@ async def _drain(bootstrap: str, topic: str, expected: int, group: str, hops: li
     return time.perf_counter()
 
 
-async def run_baseline(bootstrap: str, prefix: str, payloads: list[tuple[bytes, bytes]],
+async def run_baseline(bootstrap: str, prefix: str, payloads: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
                        timeout: float = 300.0) -> BaselineResult:
-    """Push ``payloads`` (key, value) through the chain; time first send to last arrival."""
+    """Push ``payloads`` (key, value, headers: the pipeline's records) through the chain; time first send
+    to last arrival."""
     topics = [f"{prefix}{t}" for t in HOP_TOPICS]
     expected = len(payloads)
     ctx = multiprocessing.get_context("spawn")
@@ -100,7 +101,7 @@ async def run_baseline(bootstrap: str, prefix: str, payloads: list[tuple[bytes, 
     await producer.start()
     started = time.perf_counter()
     try:
-        futures = [await producer.send(topics[0], value, key=key) for key, value in payloads]
+        futures = [await producer.send(topics[0], value, key=key, headers=headers) for key, value, headers in payloads]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

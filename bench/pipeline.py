@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import psutil
@@ -60,6 +60,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cth_shared.contracts.topics import all_topic_specs
 from cth_shared.embedded import EmbeddedStack, create_catalog_topics, free_port
 from cth_shared.producers.hl7_adt import AdtEvent, AdtTranslator, MemberIndex
+from cth_shared.producers.publish import record_headers
 from cth_shared.producers.synthetic import Population, PopulationConfig
 from cth_shared.testing.infra import ServiceProcess
 
@@ -77,6 +78,17 @@ def _quiet(_: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- workload
+
+
+class SentEvent(NamedTuple):
+    """One encounter event as a phase sends it: the record (key, value, and the headers the producer
+    toolkit sets on every event, as deployed producers do) and what the latency matching needs."""
+
+    key: bytes
+    value: bytes
+    event_id: str
+    encounter_id: str
+    headers: list[tuple[str, bytes]]
 
 
 @dataclass
@@ -100,8 +112,8 @@ class Workload:
         """How far each copy lands after the one before: the slice plus five weeks, in whole weeks."""
         return timedelta(weeks=-(-(self.days + 35) // 7))
 
-    def copy(self, limit: int | None = None) -> list[tuple[bytes, bytes, str, str]]:
-        """A fresh copy: (key, value, event id, encounter id) with ids suffixed so all of it is new work,
+    def copy(self, limit: int | None = None) -> list[SentEvent]:
+        """A fresh copy with ids suffixed so all of it is new work,
         and every instant moved ``eras_used`` eras later (see the module docstring)."""
         self.copies += 1
         suffix = f"-c{self.copies}"
@@ -116,7 +128,9 @@ class Workload:
             clone = dict(event, id=event["id"] + suffix, data=data, time=_later(event["time"], shift))
             if clone.get("correlationid"):
                 clone["correlationid"] = clone["correlationid"] + suffix
-            out.append((clone["subject"].encode(), json.dumps(clone).encode(), clone["id"], data["encounter_id"]))
+            headers = [(k, v.encode()) for k, v in record_headers(clone["id"], clone["type"]).items()]
+            out.append(SentEvent(clone["subject"].encode(), json.dumps(clone).encode(), clone["id"],
+                                 data["encounter_id"], headers))
         return out
 
 
@@ -565,7 +579,7 @@ class Pipeline:
         self.progress(f"reference data in: {result}")
         return result
 
-    async def run_phase(self, name: str, events: list[tuple[bytes, bytes, str, str]], rate: float | None,
+    async def run_phase(self, name: str, events: list[SentEvent], rate: float | None,
                         drain_timeout: float = 600) -> dict[str, Any]:
         """Send ``events`` flat out (rate None) or at ``rate``/s; wait for the drain; measure."""
         assert self.observer and self.db
@@ -583,14 +597,14 @@ class Pipeline:
         started = time.perf_counter()
         futures = []
         try:
-            for i, (key, value, event_id, encounter_id) in enumerate(events):
+            for i, event in enumerate(events):
                 if rate:
                     due = started + i / rate
                     delay = due - time.perf_counter()
                     if delay > 0.002:
                         await asyncio.sleep(delay)
-                future = await producer.send("encounters", value, key=key)
-                future.add_done_callback(self._acked(event_id, encounter_id))
+                future = await producer.send("encounters", event.value, key=event.key, headers=event.headers)
+                future.add_done_callback(self._acked(event.event_id, event.encounter_id))
                 futures.append(future)
             await asyncio.gather(*futures)
         finally:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
+from cth_shared.messaging.consumer import type_header
+from cth_shared.producers.publish import record_headers
+from cth_shared.testing import consumer_record
+
 from bench.pipeline import Workload
 
 
@@ -22,7 +26,7 @@ def _workload(days: int) -> Workload:
 def test_each_copy_is_new_work_one_era_later() -> None:
     workload = _workload(365)
     assert workload.era == timedelta(weeks=58)  # 365 days + 5 weeks, rounded up to whole weeks
-    copies = [json.loads(workload.copy()[0][1]) for _ in range(3)]
+    copies = [json.loads(workload.copy()[0].value) for _ in range(3)]
     assert [c["id"] for c in copies] == ["e1-c1", "e1-c2", "e1-c3"]
     assert [c["data"]["encounter_id"] for c in copies] == ["V1-c1", "V1-c2", "V1-c3"]
     first = datetime.fromisoformat(copies[0]["time"])
@@ -41,3 +45,15 @@ def test_eras_do_not_overlap_the_readmission_window() -> None:
     workload = _workload(60)
     assert workload.era >= timedelta(days=60 + 30)
     assert workload.era.days % 7 == 0
+
+
+def test_copies_carry_the_producer_toolkits_headers() -> None:
+    """The bench sends what deployed producers send: every record with the toolkit's CloudEvent headers (the
+    services parse by the ``ce_type`` hint), naming the copy's own id and type."""
+    workload = _workload(365)
+    workload.copy()
+    sent = workload.copy()[0]
+    value = json.loads(sent.value)
+    assert (sent.event_id, sent.encounter_id) == (value["id"], value["data"]["encounter_id"]) == ("e1-c2", "V1-c2")
+    assert dict(sent.headers) == {k: v.encode() for k, v in record_headers("e1-c2", "encounter.discharged").items()}
+    assert type_header(consumer_record("encounters", 0, "M1", sent.value, sent.headers)) == "encounter.discharged"

@@ -39,8 +39,14 @@ def topic_for(event: CloudEvent[Any], prefix: str = "") -> str:
     return topic_name(registered_types()[event.type].topic, prefix)
 
 
+def record_headers(event_id: str, event_type: str) -> dict[str, str]:
+    """The Kafka headers a producer sets on a CloudEvent record: its content type, id and type (the
+    consumers take ``ce_type`` as a parsing hint; see ``parse_event``)."""
+    return {"content-type": "application/cloudevents+json", "ce_id": event_id, "ce_type": event_type}
+
+
 def _headers(event: CloudEvent[Any]) -> dict[str, str]:
-    return {"content-type": "application/cloudevents+json", "ce_id": event.id, "ce_type": event.type}
+    return record_headers(event.id, event.type)
 
 
 async def connect_broker(broker: KafkaBroker, *, timeout: float = 15.0) -> None:
