@@ -338,6 +338,11 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         figures["service_cpu_cores_flat_out"] = {s: off["resources"][s]["cpu_cores"]
                                                  for s in (*services, "postgres", "broker")}
         figures["outbox_peak_backlog_flat_out"] = off["resources"]["outbox_peak_backlog"]
+        per_event = off.get("cpu_ms_per_event") or {}
+        if per_event.get("machine"):
+            # The machine's busy CPU per encounter event, flat out: what bounds throughput on a saturated machine.
+            figures["cpu_ms_per_encounter_event"] = per_event["machine"]
+            figures["cpu_ms_per_encounter_event_by_process"] = {k: v for k, v in per_event.items() if k != "machine"}
         figures["dead_letters_total"] = pipeline["dead_letters_total"]
     bulk = results.get("bulk")
     if bulk and "error" not in bulk:
@@ -415,11 +420,14 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                       f"({pipeline['baseline']['events']:,} records).",
                   "", f"Workload: {json.dumps(pipeline['workload'])}",
                   "", f"Reference data load: {json.dumps(pipeline['reference_load'])}",
-                  "", "### CPU (cores used) and peak RSS per process, flat out (tracing off, first run)", "",
-                  "| process | CPU cores | peak RSS MB |", "|---|---:|---:|"]
+                  "", "### CPU (cores used, CPU ms per encounter event) and peak RSS per process, flat out "
+                      "(tracing off, first run)", "",
+                  "| process | CPU cores | CPU ms per event | peak RSS MB |", "|---|---:|---:|---:|"]
+        per_event = pipeline["flat_out_tracing_off"].get("cpu_ms_per_event") or {}
         for name, usage in pipeline["flat_out_tracing_off"]["resources"].items():
             if name != "outbox_peak_backlog":
-                lines.append(f"| {name} | {usage['cpu_cores']} | {usage['peak_rss_mb']} |")
+                lines.append(f"| {name}{' (all of it, kernel included)' if name == 'machine' else ''} | "
+                             f"{usage['cpu_cores']} | {per_event.get(name, '')} | {usage.get('peak_rss_mb', '')} |")
         lines += ["", f"Outbox peak backlog (flat out, tracing off): "
                       f"{json.dumps(pipeline['flat_out_tracing_off']['resources']['outbox_peak_backlog'])}; "
                       f"dead letters at the end: {json.dumps(pipeline['dead_letters_total'])}."]

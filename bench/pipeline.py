@@ -296,6 +296,7 @@ class Sampler:
         self.peak_rss: dict[str, float] = defaultdict(float)
         self.peak_outbox: dict[str, int] = defaultdict(int)
         self._cpu0: dict[str, float] = {}
+        self._machine0 = 0.0
         self._t0 = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -331,8 +332,15 @@ class Sampler:
                     self.peak_outbox[schema] = max(self.peak_outbox[schema], int(backlog))
             await asyncio.sleep(0.5)
 
+    @staticmethod
+    def _machine_busy() -> float:
+        """CPU seconds the whole machine spent busy (every process, the kernel's too) since boot."""
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
     def start(self) -> None:
         self._cpu0 = {name: self._cpu(name) for name in self._procs}
+        self._machine0 = self._machine_busy()
         self._t0 = time.perf_counter()
         self._task = asyncio.create_task(self._run())
 
@@ -342,13 +350,26 @@ class Sampler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         wall = time.perf_counter() - self._t0
+        machine = self._machine_busy() - self._machine0
         return {
             name: {
                 "cpu_cores": round((self._cpu(name) - self._cpu0[name]) / wall, 2) if wall else None,
+                "cpu_s": round(self._cpu(name) - self._cpu0[name], 2),
                 "peak_rss_mb": round(self.peak_rss[name], 1),
             }
             for name in self._procs
-        } | {"outbox_peak_backlog": dict(self.peak_outbox)}
+        } | {"outbox_peak_backlog": dict(self.peak_outbox),
+             "machine": {"cpu_cores": round(machine / wall, 2) if wall else None, "cpu_s": round(machine, 2),
+                         "cores": psutil.cpu_count()}}
+
+
+def cpu_ms_per_event(usage: dict[str, Any], events: int) -> dict[str, float]:
+    """CPU milliseconds per encounter event, per process and for the whole machine (``machine``: every
+    process and the kernel, the harness's own producer and observer included): where the CPU that bounds a
+    saturated machine's throughput goes."""
+    if not events:
+        return {}
+    return {name: round(1000 * u["cpu_s"] / events, 3) for name, u in usage.items() if "cpu_s" in u}
 
 
 class Pipeline:
@@ -448,6 +469,7 @@ class Pipeline:
             pids["postgres"] = stack_pids["postgres"]
         if stack_pids.get("kafka"):
             pids["broker"] = stack_pids["kafka"]
+        pids["harness"] = os.getpid()  # the producer, the observer and these samples
         return pids  # type: ignore[return-value]
 
     # -------------------------------------------------------------- database probes
@@ -655,6 +677,7 @@ class Pipeline:
                                                "count": len(chained)},
             "dlq_new": {k: dead_after[k] - dead_before.get(k, 0) for k in dead_after},
             "resources": usage,
+            "cpu_ms_per_event": cpu_ms_per_event(usage, len(events)),
             # seconds from the first send until each service last caught up (the largest held the rest back)
             "caught_up_s": {schema: round(at - started, 2) for schema, at in self.caught_up.items()},
             "kafka_records": {"sent": len(events), "consumed_by_services": consumed,
