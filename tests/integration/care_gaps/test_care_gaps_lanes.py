@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -465,3 +465,34 @@ async def test_a_lane_writing_its_encounters_updates_them_in_place(pool: Any) ->
         updated, hot = updated + after[0] - before[0], hot + after[1] - before[1]
     assert updated == 4 * 2000
     assert hot >= 0.9 * updated, (updated, hot)
+
+
+async def test_a_lanes_encounter_read_finds_its_members_history_through_their_index(pool: Any) -> None:
+    # Many members with a history each: the lane's read of its members' encounters near its events must
+    # go through the member index, not scan every encounter of every member (a generic plan, as a
+    # prepared statement gets, too).
+    await pool.execute(
+        "INSERT INTO encounters(encounter_id, member_id, tenant, patient_class, discharged_at)"
+        " SELECT 'E-HIST-' || i, 'M-HIST-' || (i % 2000), 't', 'I', now() - (i / 2000) * interval '60 days'"
+        " FROM generate_series(0, 23999) AS i")
+    await pool.execute("ANALYZE encounters")
+    members = [f"M-HIST-{i}" for i in range(0, 80, 2)]
+    now = datetime.now(UTC)
+    spans = {m: (now - timedelta(days=45), now + timedelta(days=1)) for m in members}
+    spans[members[0]] = None  # every encounter of this one
+    async with pool.acquire() as conn, conn.transaction():
+        sent: list[str] = []
+        conn.add_query_logger(lambda record: sent.append(record.query))
+        rows = await store.lane_encounters(conn, {"E-HIST-NEW": (members[1], "t", "E")}, spans)
+        # the new one, the recent discharge of each member, and all 12 of the first member's
+        assert len(rows) == 1 + (len(members) - 1) + 12
+        assert {r["member_id"] for r in rows.values()} == set(members)
+        await asyncio.sleep(0)  # (asyncpg calls query loggers soon after, not during, the query)
+        [read] = [q for q in sent if q.startswith("WITH ensured")]
+        for mode in ("auto", "force_generic_plan"):
+            await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            explain = await conn.prepare(f"EXPLAIN {read}")
+            plan = "\n".join(r[0] for r in await explain.fetch(
+                ["E-HIST-NEW"], [members[1]], ["t"], ["E"], members, [(spans[m] or (None, None))[0] for m in members],
+                [(spans[m] or (None, None))[1] for m in members]))
+            assert "Seq Scan on encounters" not in plan, plan

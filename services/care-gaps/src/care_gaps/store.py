@@ -111,7 +111,10 @@ async def lane_encounters(conn: asyncpg.Connection, first_seen: dict[str, tuple[
     instance working on it during a rebalance waits) without writing a new version of its row, which an
     ``ON CONFLICT DO UPDATE`` would (a dead row and an entry in each index, for every known encounter of
     every lane). One created by another transaction after this statement's snapshot is neither inserted
-    nor seen here: a second statement, with a new snapshot, reads and locks it."""
+    nor seen here: a second statement, with a new snapshot, reads and locks it.
+
+    The members' rows are found through their index (``member_id = ANY``): joined to the span list alone,
+    the planner scanned the whole table for every lane (6 ms at 17,000 encounters, and growing with it)."""
     ids = list(first_seen)
     members = list(spans)
     rows = await conn.fetch(
@@ -125,8 +128,8 @@ async def lane_encounters(conn: asyncpg.Connection, first_seen: dict[str, tuple[
         " UNION ALL SELECT e.* FROM encounters e"
         " JOIN unnest($5::text[], $6::timestamptz[], $7::timestamptz[]) AS s(member_id, lo, hi)"
         " ON e.member_id = s.member_id"
-        " WHERE e.encounter_id <> ALL($1::text[]) AND (s.lo IS NULL OR e.discharged_at BETWEEN s.lo AND s.hi"
-        " OR e.inpatient_since BETWEEN s.lo AND s.hi)",
+        " WHERE e.member_id = ANY($5::text[]) AND e.encounter_id <> ALL($1::text[])"
+        " AND (s.lo IS NULL OR e.discharged_at BETWEEN s.lo AND s.hi OR e.inpatient_since BETWEEN s.lo AND s.hi)",
         ids, [first_seen[i][0] for i in ids], [first_seen[i][1] for i in ids], [first_seen[i][2] for i in ids],
         members, [(spans[m] or (None, None))[0] for m in members], [(spans[m] or (None, None))[1] for m in members],
     )
